@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Build (or reuse) the test venv, keyed by the hash of the files that define the environment.
+# Prints the venv path on its last line. Used by .ci/run; developers can run it too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+key=$(cat pyproject.toml .ci/constraints.txt | sha256sum | cut -c1-16)
+cache="${ONETOWER_CI_CACHE:-$HOME/.cache/onetower-ci}"
+venv="$cache/venv-$key"
+if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
+    echo "== building environment $venv" >&2
+    rm -rf "$venv"
+    mkdir -p "$cache"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
+    # Dependencies only (the cached part); the project itself is reinstalled by every CI run.
+    deps=$("$venv/bin/python" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(" ".join(p["dependencies"] + p["optional-dependencies"]["dev"]))')
+    # shellcheck disable=SC2086
+    "$venv/bin/python" -m pip install --quiet -c .ci/constraints.txt $deps >&2
+    "$venv/bin/python" -c "import torch, torchvision, timm, transformers, accelerate, datasets" >&2
+    touch "$venv/.complete"
+fi
+echo "$venv"

@@ -1,0 +1,152 @@
+"""``OneTowerConfig``: the configuration of the shared single-stream encoder, with named sizes."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+
+#: Named sizes. ``tiny`` is the test size; ``base``/``large`` follow ViT-B/L and ViLT-B.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+        vocab_size=512, max_text_len=16, image_size=32, patch_size=8,
+    ),
+    "small": dict(
+        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+        image_size=64, patch_size=8,
+    ),
+    "base": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    ),
+    "large": dict(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+    ),
+}  # fmt: skip
+
+# Keys that transformers itself passes through a config's kwargs (loading, dtype, labels).
+_PASSTHROUGH_KWARGS = {
+    "torch_dtype", "num_labels", "name_or_path", "_name_or_path", "_commit_hash",
+    "output_attentions", "attn_implementation", "experts_implementation", "auto_map",
+}  # fmt: skip
+
+
+@strict
+class OneTowerConfig(PreTrainedConfig):
+    r"""Configuration of :class:`~onetower.OneTowerModel`.
+
+    Fusion encoder:
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: width D, depth,
+        heads and feed-forward width of the shared (fusion) transformer.
+        hidden_dropout_prob, attention_probs_dropout_prob, drop_path_rate: regularisation.
+        layer_norm_eps: epsilon of every LayerNorm (timm ViT uses 1e-6, HF ViLT 1e-12).
+        qkv_bias: bias on the q/k/v projections.
+        multiway: BEiT-3 style Multiway blocks (per-modality LayerNorms and FFN, shared attention).
+        num_segments: rows of the segment (modality-type) embedding: 2 = text, image;
+            3 adds a second-image segment (NLVR2 pair method).
+    Text:
+        vocab_size, max_text_len, pad_token_id; text_position ``"learned"`` | ``"sincos"``;
+        text_embed_norm: LayerNorm after the text embedding sum (BERT/ViLT).
+    Image:
+        image_size, patch_size, num_channels; image_cls_token; image_position ``"learned"`` |
+        ``"sincos"``; use_mask_token: learned token for masked patches (BEiT/FLAVA MIM).
+    Unimodal towers (FLAVA style; 0 = none):
+        text_tower_layers, image_tower_layers: transformer layers run on one modality before
+        fusion, followed by a norm and a linear projection into the fusion encoder.
+
+    Unknown fields are an error that names the field.
+    """
+
+    model_type = "onetower"
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    drop_path_rate: float = 0.0
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    qkv_bias: bool = True
+    multiway: bool = False
+    num_segments: int = 2
+    vocab_size: int = 30522
+    max_text_len: int = 40
+    pad_token_id: int | None = 0
+    text_position: str = "learned"
+    text_embed_norm: bool = True
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    image_cls_token: bool = True
+    image_position: str = "learned"
+    use_mask_token: bool = False
+    text_tower_layers: int = 0
+    image_tower_layers: int = 0
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        model_type = kwargs.pop("model_type", self.model_type)
+        if model_type != self.model_type:
+            raise ValueError(
+                f"this config is for a {model_type!r} model, not {self.model_type!r}"
+                + (
+                    "; convert ViLT weights with onetower.convert_vilt_to_onetower()"
+                    if model_type == "vilt"
+                    else ""
+                )
+            )
+        unknown = sorted(set(kwargs) - _PASSTHROUGH_KWARGS)
+        if unknown:
+            fields = list(self.__dataclass_fields__)
+            hints = [
+                f"{k!r}"
+                + (
+                    f" (did you mean {m[0]!r}?)"
+                    if (m := difflib.get_close_matches(k, fields, 1))
+                    else ""
+                )
+                for k in unknown
+            ]
+            raise ValueError(f"unknown OneTowerConfig field(s): {', '.join(hints)}")
+        self._check()
+        super().__post_init__(**kwargs)
+
+    def _check(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        for name, value in (
+            ("text_position", self.text_position),
+            ("image_position", self.image_position),
+        ):
+            if value not in ("learned", "sincos"):
+                raise ValueError(f"{name} must be 'learned' or 'sincos', got {value!r}")
+        if self.num_segments < 2:
+            raise ValueError(f"num_segments must be >= 2 (text, image), got {self.num_segments}")
+        for name in (
+            "num_hidden_layers",
+            "text_tower_layers",
+            "image_tower_layers",
+            "max_text_len",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_size(cls, size: str, **overrides: Any) -> OneTowerConfig:
+        """A named size (``tiny``, ``small``, ``base``, ``large``) with optional overrides."""
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+        return cls(**{**SIZES[size], **overrides})
+
+
+AutoConfig.register(OneTowerConfig.model_type, OneTowerConfig)

@@ -1,0 +1,144 @@
+"""Import Hugging Face ViLT weights into :class:`~onetower.OneTowerModel`.
+
+The mapping (see ``shared/reference/anchors-models.md`` §1.5) is one-to-one except two folds:
+
+* ViLT's text embedding adds a BERT token-type row that is always row 0; that constant vector
+  is folded into our text position table (``pos[i] + type[0]``), so no dead parameter remains.
+* ViLT keeps separate q / k / v projections; ours is one fused ``qkv`` Linear (q, k, v order).
+
+Usage::
+
+    from transformers import ViltModel
+    vilt = ViltModel.from_pretrained("dandelin/vilt-b32-mlm")
+    model = convert_vilt_to_onetower(vilt)
+
+or from the command line: ``python -m onetower.convert_vilt SRC_DIR DST_DIR``.
+
+Note: ViLT's ``visual_embed`` visits image patches in a random order (``torch.multinomial``);
+attention is order-free, so text states and the pooled output match exactly and image-token
+states match per patch position (ours stay in grid order).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from onetower.configuration import OneTowerConfig
+from onetower.modeling import OneTowerModel
+
+
+def vilt_config_to_onetower(vilt_config: Any, **overrides: Any) -> OneTowerConfig:
+    """Build the :class:`OneTowerConfig` that expresses a ``transformers.ViltConfig`` exactly."""
+    c = vilt_config
+    if c.hidden_act != "gelu":
+        raise ValueError(
+            f"only ViLT models with hidden_act='gelu' can be converted, got {c.hidden_act!r}"
+        )
+
+    def single(v: Any) -> int:
+        if isinstance(v, (list, tuple)):
+            if len(set(v)) != 1:
+                raise ValueError(f"only square image/patch sizes are supported, got {v}")
+            return int(v[0])
+        return int(v)
+
+    fields = dict(
+        hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+        hidden_dropout_prob=float(c.hidden_dropout_prob),
+        attention_probs_dropout_prob=float(c.attention_probs_dropout_prob),
+        layer_norm_eps=c.layer_norm_eps, initializer_range=c.initializer_range,
+        qkv_bias=c.qkv_bias, num_segments=c.modality_type_vocab_size, vocab_size=c.vocab_size,
+        max_text_len=c.max_position_embeddings, pad_token_id=c.pad_token_id,
+        text_position="learned", text_embed_norm=True, image_size=single(c.image_size),
+        patch_size=single(c.patch_size), num_channels=c.num_channels, image_cls_token=True,
+        image_position="learned", multiway=False,
+    )  # fmt: skip
+    return OneTowerConfig(**{**fields, **overrides})
+
+
+def convert_vilt_state_dict(
+    vilt_state: dict[str, torch.Tensor], num_layers: int
+) -> dict[str, torch.Tensor]:
+    """Rename a ``ViltModel`` state dict (with or without the ``vilt.`` prefix) to ours.
+
+    Raises:
+        KeyError: a ViLT tensor the mapping expects is missing.
+    """
+    sd = {k.removeprefix("vilt."): v for k, v in vilt_state.items()}
+    emb = "embeddings."
+    txt = emb + "text_embeddings."
+
+    def take(key: str) -> torch.Tensor:
+        if key not in sd:
+            raise KeyError(f"ViLT state dict has no {key!r}: is this a ViltModel checkpoint?")
+        return sd.pop(key)
+
+    out: dict[str, torch.Tensor] = {
+        "text.word_embeddings.weight": take(txt + "word_embeddings.weight"),
+        "text.position_embeddings": take(txt + "position_embeddings.weight")
+        + take(txt + "token_type_embeddings.weight")[0],
+        "text.norm.weight": take(txt + "LayerNorm.weight"),
+        "text.norm.bias": take(txt + "LayerNorm.bias"),
+        "image.cls_token": take(emb + "cls_token"),
+        "image.pos_embed": take(emb + "position_embeddings"),
+        "image.patch_embed.proj.weight": take(emb + "patch_embeddings.projection.weight"),
+        "image.patch_embed.proj.bias": take(emb + "patch_embeddings.projection.bias"),
+        "segment_embeddings.weight": take(emb + "token_type_embeddings.weight"),
+        "encoder.norm.weight": take("layernorm.weight"),
+        "encoder.norm.bias": take("layernorm.bias"),
+        "pooler.dense.weight": take("pooler.dense.weight"),
+        "pooler.dense.bias": take("pooler.dense.bias"),
+    }
+    names = {
+        "layernorm_before": "norm1", "attention.output.dense": "attn.proj",
+        "layernorm_after": "norm2", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
+    }  # fmt: skip
+    for i in range(num_layers):
+        src, dst = f"encoder.layer.{i}.", f"encoder.blocks.{i}."
+        for kind in ("weight", "bias"):
+            for a, b in names.items():
+                out[f"{dst}{b}.{kind}"] = take(f"{src}{a}.{kind}")
+            qkv = [f"{src}attention.attention.{n}.{kind}" for n in ("query", "key", "value")]
+            if all(k in sd for k in qkv):
+                out[f"{dst}attn.qkv.{kind}"] = torch.cat([take(k) for k in qkv], dim=0)
+            elif kind == "weight":
+                raise KeyError(f"ViLT state dict has no q/k/v weights for layer {i}")
+    return out
+
+
+def convert_vilt_to_onetower(vilt: Any, **config_overrides: Any) -> OneTowerModel:
+    """Convert a ``transformers`` ``ViltModel`` (or any ``ViltFor*`` model; its ``.vilt`` is
+    used and task heads are ignored) into an equivalent :class:`OneTowerModel`.
+    """
+    base = getattr(vilt, "vilt", vilt)
+    if type(base).__name__ != "ViltModel":
+        raise TypeError(f"expected a transformers ViltModel, got {type(vilt).__name__}")
+    config = vilt_config_to_onetower(base.config, **config_overrides)
+    model = OneTowerModel(config)
+    state = {k: v for k, v in base.state_dict().items() if not k.endswith("position_ids")}
+    converted = convert_vilt_state_dict(state, config.num_hidden_layers)
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"ViLT conversion left missing={missing} unexpected={unexpected}")
+    return model.to(next(base.parameters()).dtype)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: convert a local ViLT checkpoint folder into a onetower checkpoint folder."""
+    from transformers import ViltModel
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("src", help="folder (or Hub id, when online) of a transformers ViLT checkpoint")
+    p.add_argument("dst", help="output folder for the onetower checkpoint")
+    args = p.parse_args(argv)
+    model = convert_vilt_to_onetower(ViltModel.from_pretrained(args.src))
+    model.save_pretrained(args.dst)
+    print(f"wrote {args.dst}")
+
+
+if __name__ == "__main__":
+    main()

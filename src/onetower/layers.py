@@ -1,0 +1,224 @@
+"""Transformer layers shared by the unimodal towers and the fusion encoder.
+
+Everything here is modality-agnostic except :class:`Block`'s optional *Multiway* mode, where
+each modality (text, image) has its own LayerNorms and feed-forward network while attention is
+shared over the joint sequence (BEiT-3 / VLMo style). The sequence layout is always
+``[text ; image]``, so routing tokens to their expert is a slice at ``split`` (the number of
+text tokens), never a gather.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from torch import nn
+
+#: Index of each modality's expert in a Multiway block.
+TEXT_EXPERT, IMAGE_EXPERT = 0, 1
+
+
+def route(module: nn.Module, x: torch.Tensor, split: int) -> torch.Tensor:
+    """Apply a shared module, or (for a Multiway ``ModuleList``) each expert to its modality.
+
+    Args:
+        module: a module, or a ``ModuleList`` indexed by TEXT_EXPERT / IMAGE_EXPERT.
+        x: `(B, L, D)` laid out as ``[text ; image]``.
+        split: number of leading text tokens.
+
+    Returns:
+        `(B, L, D')`.
+    """
+    if not isinstance(module, nn.ModuleList):
+        return module(x)
+    if split >= x.shape[1]:
+        return module[TEXT_EXPERT](x)
+    if split <= 0:
+        return module[IMAGE_EXPERT](x)
+    text = module[TEXT_EXPERT](x[:, :split])
+    image = module[IMAGE_EXPERT](x[:, split:])
+    return torch.cat([text, image], dim=1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
+
+    Args:
+        dim: model width D.
+        num_heads: number of heads H (D must be divisible by H).
+        qkv_bias: add a bias to the fused q/k/v projection.
+        attn_drop: dropout on the attention probabilities (training only).
+        proj_drop: dropout after the output projection.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(
+                f"hidden size {dim} is not divisible by num_attention_heads {num_heads}"
+            )
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend over the whole sequence.
+
+        Args:
+            x: tokens `(B, L, D)`.
+            attn_mask: bool `(B, 1, 1, L)` key mask, True = may be attended; None = no padding
+                (SDPA then takes its mask-free fast path).
+
+        Returns:
+            `(B, L, D)`.
+        """
+        B, L, D = x.shape
+        # (B, L, 3D) -> (3, B, H, L, Dh)
+        qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0
+        )
+        out = out.transpose(1, 2).reshape(B, L, D)  # (B, H, L, Dh) -> (B, L, D)
+        return self.proj_drop(self.proj(out))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``.
+
+    With ``num_experts=2`` the block is *Multiway*: ``norm1``, ``norm2`` and ``mlp`` are
+    :class:`torch.nn.ModuleList` s indexed by :data:`TEXT_EXPERT` / :data:`IMAGE_EXPERT`, and
+    tokens before ``split`` use the text expert, the rest the image expert.
+
+    Args:
+        dim: width D.
+        num_heads: attention heads.
+        mlp_hidden: hidden width of the feed-forward network.
+        qkv_bias: bias on the q/k/v projection.
+        drop: dropout after attention/MLP projections.
+        attn_drop: attention-probability dropout.
+        drop_path: stochastic-depth rate of this block.
+        norm_eps: LayerNorm epsilon.
+        num_experts: 1 (shared weights) or 2 (Multiway text/image experts).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_hidden: int,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+        num_experts: int = 1,
+    ) -> None:
+        super().__init__()
+        if num_experts not in (1, 2):
+            raise ValueError(f"num_experts must be 1 or 2, got {num_experts}")
+        self.num_experts = num_experts
+
+        def norm() -> nn.Module:
+            return nn.LayerNorm(dim, eps=norm_eps)
+
+        def mlp() -> nn.Module:
+            return Mlp(dim, hidden_features=mlp_hidden, act_layer=nn.GELU, drop=drop)
+
+        if num_experts == 1:
+            self.norm1, self.norm2, self.mlp = norm(), norm(), mlp()
+        else:
+            self.norm1 = nn.ModuleList([norm() for _ in range(num_experts)])
+            self.norm2 = nn.ModuleList([norm() for _ in range(num_experts)])
+            self.mlp = nn.ModuleList([mlp() for _ in range(num_experts)])
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, split: int = 0
+    ) -> torch.Tensor:
+        """Args:
+            x: `(B, L, D)` laid out as ``[text ; image]``.
+            attn_mask: bool `(B, 1, 1, L)` key mask or None.
+            split: number of leading text tokens (Multiway routing; ignored otherwise).
+
+        Returns:
+            `(B, L, D)`.
+        """
+        x = x + self.drop_path(self.attn(route(self.norm1, x, split), attn_mask))
+        x = x + self.drop_path(route(self.mlp, route(self.norm2, x, split), split))
+        return x
+
+
+class BlockStack(nn.Module):
+    """N :class:`Block` s with a linearly increasing stochastic-depth rate, plus a final norm.
+
+    Used both as a unimodal tower and as the fusion encoder.
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        dim: int,
+        num_heads: int,
+        mlp_hidden: int,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+        num_experts: int = 1,
+    ) -> None:
+        super().__init__()
+        rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, mlp_hidden, qkv_bias, drop, attn_drop, r, norm_eps, num_experts)
+            for r in rates
+        )
+        if num_experts == 1:
+            self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        else:
+            self.norm = nn.ModuleList(nn.LayerNorm(dim, eps=norm_eps) for _ in range(num_experts))
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        split: int = 0,
+        return_all: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Run every block then the final norm.
+
+        Args:
+            x: `(B, L, D)`.
+            attn_mask: bool `(B, 1, 1, L)` key mask or None.
+            split: number of leading text tokens (Multiway routing).
+            return_all: also return the input of every block and the pre-norm output.
+
+        Returns:
+            ``(normed (B, L, D), all_hidden_states or None)``.
+        """
+        states: list[torch.Tensor] | None = [] if return_all else None
+        for block in self.blocks:
+            if states is not None:
+                states.append(x)
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(
+                    block, x, attn_mask, split, use_reentrant=False
+                )
+            else:
+                x = block(x, attn_mask, split)
+        if states is not None:
+            states.append(x)
+        return route(self.norm, x, split), (tuple(states) if states is not None else None)

@@ -1,0 +1,287 @@
+"""``OneTowerModel``: the shared single-stream vision-language encoder.
+
+One transformer reads ``[text tokens ; image tokens]`` with a segment (modality-type)
+embedding added to each stream, as in ViLT. Optional FLAVA-style unimodal towers run before
+fusion, and optional BEiT-3-style Multiway blocks give each modality its own LayerNorms and
+feed-forward network. The same model runs text-only, image-only and paired inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+
+from onetower.configuration import OneTowerConfig
+from onetower.layers import BlockStack
+from onetower.outputs import IMAGE_SEGMENT, TEXT_SEGMENT, EncoderOutput
+from onetower.unimodal import ImageEmbedder, TextEmbedder, UnimodalTower
+
+
+class Pooler(nn.Module):
+    """Dense + tanh on one token (ViLT / BERT pooler)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+
+    def forward(self, token: torch.Tensor) -> torch.Tensor:
+        """`(B, D)` -> `(B, D)`."""
+        return torch.tanh(self.dense(token))
+
+
+class OneTowerPreTrainedModel(PreTrainedModel):
+    """Weight init, Auto-class plumbing and strict loading shared by every onetower model."""
+
+    config_class = OneTowerConfig
+    base_model_prefix = "onetower"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["Block"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, ImageEmbedder):
+            for p in (module.cls_token, module.pos_embed):
+                if p is not None:
+                    init.trunc_normal_(p, std=std)
+            if module.mask_token is not None:
+                init.trunc_normal_(module.mask_token, std=std)
+        elif isinstance(module, TextEmbedder) and isinstance(
+            module.position_embeddings, nn.Parameter
+        ):
+            init.normal_(module.position_embeddings, std=std)
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Any = None
+    ) -> None:
+        for m in self.modules():
+            if isinstance(m, BlockStack):
+                m.gradient_checkpointing = enable
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, strict: bool = True, **kwargs: Any):  # type: ignore[override]
+        """``PreTrainedModel.from_pretrained``, but a checkpoint whose weights do not fit this
+        architecture (missing, unexpected or mis-shaped tensors) is an error naming them, not a
+        silently half-random model. Pass ``strict=False`` to get transformers' warning instead
+        (e.g. loading a base checkpoint into a task model whose new head starts random).
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if strict:
+            problems = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
+            if problems:
+                detail = "; ".join(
+                    f"{k}: {', '.join(map(str, v[:8]))}" + (" ..." if len(v) > 8 else "")
+                    for k, v in problems.items()
+                )
+                raise ValueError(
+                    f"checkpoint {args[0] if args else kwargs.get('pretrained_model_name_or_path')!s} "
+                    f"does not match {cls.__name__} ({detail}); pass strict=False to load it anyway"
+                )
+        return (model, info) if want_info else model
+
+
+class OneTowerModel(OneTowerPreTrainedModel):
+    """The shared encoder. See :class:`~onetower.OneTowerConfig` for its options.
+
+    Layout of the joint sequence: ``[text (CLS ... SEP) ; image (CLS + patches)]``; the pooled
+    output is dense + tanh on the first CLS token (the text CLS when there is text).
+    """
+
+    def __init__(self, config: OneTowerConfig) -> None:
+        super().__init__(config)
+        c = config
+        D = c.hidden_size
+        self.text = TextEmbedder(
+            c.vocab_size, D, c.max_text_len, c.text_position, c.text_embed_norm,
+            c.layer_norm_eps, c.hidden_dropout_prob, c.pad_token_id,
+        )  # fmt: skip
+        self.image = ImageEmbedder(
+            c.image_size, c.patch_size, c.num_channels, D, c.image_cls_token, c.image_position,
+            c.use_mask_token, c.hidden_dropout_prob,
+        )  # fmt: skip
+        tower = dict(
+            dim=D, num_heads=c.num_attention_heads, mlp_hidden=c.intermediate_size,
+            qkv_bias=c.qkv_bias, drop=c.hidden_dropout_prob,
+            attn_drop=c.attention_probs_dropout_prob, drop_path=c.drop_path_rate,
+            norm_eps=c.layer_norm_eps,
+        )  # fmt: skip
+        self.text_tower = (
+            UnimodalTower(c.text_tower_layers, **tower) if c.text_tower_layers else None
+        )
+        self.image_tower = (
+            UnimodalTower(c.image_tower_layers, **tower) if c.image_tower_layers else None
+        )
+        self.segment_embeddings = nn.Embedding(c.num_segments, D)
+        self.encoder = BlockStack(c.num_hidden_layers, num_experts=2 if c.multiway else 1, **tower)
+        self.pooler = Pooler(D)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.text.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_keep_ids: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        patch_attention_mask: torch.Tensor | None = None,
+        image_segment: int = IMAGE_SEGMENT,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        """Encode text, image or both.
+
+        Args:
+            input_ids: long `(B, T)` (first token is the text CLS), or None for image-only.
+            attention_mask: `(B, T)` 1 = real token, 0 = padding; None = no padding.
+            pixel_values: `(B, C, H, W)`, or None for text-only.
+            image_keep_ids: long `(B, Nk)` patch indices to encode (visible-only encoding;
+                -1 = padding slot). None = every patch in grid order.
+            bool_masked_pos: bool `(B, N)` patches replaced by the mask token (BEiT / FLAVA).
+            patch_attention_mask: bool `(B, N)` over the full patch grid, True = may be
+                attended (padded images); gathered by ``image_keep_ids`` when both are given.
+            image_segment: segment id of the image stream (1; 2 for NLVR2's second image).
+            interpolate_pos_encoding: accept a patch grid other than the configured one by
+                resampling the learned position table.
+            output_hidden_states: also return the input of every fusion block.
+
+        Returns:
+            :class:`~onetower.outputs.EncoderOutput`.
+        """
+        if input_ids is None and pixel_values is None:
+            raise ValueError("give input_ids, pixel_values or both")
+        if not 0 < image_segment < self.config.num_segments:
+            raise ValueError(
+                f"image_segment {image_segment} is out of range: the model has "
+                f"{self.config.num_segments} segments (0 = text)"
+            )
+        seg = self.segment_embeddings.weight
+        parts: list[torch.Tensor] = []
+        masks: list[torch.Tensor | None] = []
+        segments: list[torch.Tensor] = []
+        slices: dict[str, slice] = {}
+        cls_positions: dict[str, int] = {}
+        unimodal: dict[str, torch.Tensor] = {}
+        grid = None
+
+        if input_ids is not None:
+            x = self.text(input_ids)  # (B, T, D)
+            valid = None if attention_mask is None else attention_mask.bool()
+            if valid is not None and valid.shape != input_ids.shape:
+                raise ValueError(
+                    f"attention_mask has shape {tuple(valid.shape)}, input_ids {tuple(input_ids.shape)}"
+                )
+            if self.text_tower is not None:
+                unimodal["text"], x = self.text_tower(x, valid)
+            parts.append(x + seg[TEXT_SEGMENT])
+            masks.append(valid)
+            segments.append(torch.full_like(input_ids[0], TEXT_SEGMENT))
+            slices["text"] = slice(0, x.shape[1])
+            cls_positions["text"] = 0
+
+        if pixel_values is not None:
+            x, valid, grid = self.image(
+                pixel_values, image_keep_ids, bool_masked_pos, interpolate_pos_encoding
+            )  # (B, prefix + Nk, D)
+            if patch_attention_mask is not None:
+                valid = self._patch_valid(patch_attention_mask.bool(), image_keep_ids, valid, grid)
+            if self.image_tower is not None:
+                unimodal["image"], x = self.image_tower(x, valid)
+            start = sum(p.shape[1] for p in parts)
+            prefix = self.image.num_prefix_tokens
+            parts.append(x + seg[image_segment])
+            masks.append(valid)
+            segments.append(
+                torch.full((x.shape[1],), image_segment, device=x.device, dtype=torch.long)
+            )
+            slices["image"] = slice(start, start + x.shape[1])
+            slices["image_patches"] = slice(start + prefix, start + x.shape[1])
+            if prefix:
+                cls_positions["image"] = start
+
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, L, D)
+        B, L, _ = x.shape
+        key_mask = self._joint_mask(masks, [p.shape[1] for p in parts])  # (B, L) or None
+        split = slices["text"].stop if "text" in slices else 0
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
+        x, hidden = self.encoder(x, attn_mask, split, return_all=output_hidden_states)
+        return EncoderOutput(
+            last_hidden_state=x,
+            pooler_output=self.pooler(self._pool_token(x, cls_positions, slices, key_mask)),
+            attention_mask=key_mask,
+            segment_ids=torch.cat(segments).expand(B, L),
+            modality_slices=slices,
+            cls_positions=cls_positions,
+            image_keep_ids=image_keep_ids,
+            image_grid=grid,
+            unimodal_states=unimodal,
+            hidden_states=hidden,
+        )
+
+    def _patch_valid(
+        self,
+        patch_mask: torch.Tensor,
+        keep_ids: torch.Tensor | None,
+        valid: torch.Tensor | None,
+        grid: tuple[int, int],
+    ) -> torch.Tensor:
+        """Combine a full-grid patch mask `(B, N)` with the kept-slot mask into `(B, prefix + Nk)`."""
+        if patch_mask.dim() != 2 or patch_mask.shape[1] != grid[0] * grid[1]:
+            raise ValueError(
+                f"patch_attention_mask has shape {tuple(patch_mask.shape)}, expected "
+                f"(batch, {grid[0] * grid[1]}) for a {grid[0]}x{grid[1]} patch grid"
+            )
+        if keep_ids is not None:
+            patch_mask = torch.gather(patch_mask, 1, keep_ids.clamp(min=0))  # (B, Nk)
+        prefix = patch_mask.new_ones(patch_mask.shape[0], self.image.num_prefix_tokens)
+        out = torch.cat([prefix, patch_mask], dim=1)
+        if valid is not None:
+            out = out & valid
+        return out
+
+    @staticmethod
+    def _joint_mask(masks: list[torch.Tensor | None], lengths: list[int]) -> torch.Tensor | None:
+        """Concatenate per-stream bool masks into `(B, L)`; None when no stream is padded."""
+        if all(m is None for m in masks):
+            return None
+        ref = next(m for m in masks if m is not None)
+        return torch.cat(
+            [
+                ref.new_ones(ref.shape[0], n) if m is None else m
+                for m, n in zip(masks, lengths, strict=True)
+            ],
+            dim=1,
+        )
+
+    @staticmethod
+    def _pool_token(
+        x: torch.Tensor,
+        cls_positions: dict[str, int],
+        slices: dict[str, slice],
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The token the pooler reads: the first CLS, else the mean of the image patches."""
+        for name in ("text", "image"):
+            if name in cls_positions:
+                return x[:, cls_positions[name]]
+        patches = x[:, slices["image_patches"]]  # (B, N, D)
+        if mask is None:
+            return patches.mean(dim=1)
+        w = mask[:, slices["image_patches"]].unsqueeze(-1).to(x.dtype)  # (B, N, 1)
+        return (patches * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+AutoModel.register(OneTowerConfig, OneTowerModel)

@@ -1,0 +1,199 @@
+"""ViT-style image embedder built on timm's ``PatchEmbed``.
+
+Supports an optional image CLS token, learned or 2-D sin-cos positions (learned tables are
+resampled to other grids with timm), BEiT-style mask tokens, and *visible-only* encoding:
+given ``keep_ids`` only those patches are embedded and returned, so masked patches never
+reach the encoder (MAE / M3AE / FLIP).
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from timm.layers import PatchEmbed, resample_abs_pos_embed
+from torch import nn
+
+from onetower.unimodal.positions import sincos_2d
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Cut images into flattened patches in ``PatchEmbed`` order.
+
+    Args:
+        images: `(B, C, H, W)`, H and W multiples of ``patch_size``.
+        patch_size: P.
+
+    Returns:
+        `(B, N, P*P*C)` with N = (H/P)(W/P), pixels ordered (row, col, channel) as in MAE.
+    """
+    return rearrange(images, "b c (h p) (w q) -> b (h w) (p q c)", p=patch_size, q=patch_size)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`patchify`: `(B, N, P*P*C)` -> `(B, C, H, W)`."""
+    return rearrange(
+        patches,
+        "b (h w) (p q c) -> b c (h p) (w q)",
+        h=grid[0],
+        w=grid[1],
+        p=patch_size,
+        q=patch_size,
+    )
+
+
+class ImageEmbedder(nn.Module):
+    """Embed images into `(B, [1 +] N, D)` patch tokens.
+
+    Args:
+        image_size: training resolution (square); sets the grid of the position table.
+        patch_size: P.
+        in_chans: number of image channels C.
+        dim: width D.
+        cls_token: prepend a learned image CLS token (ViLT, FLAVA, BEiT-3).
+        position: ``"learned"`` (ViT / ViLT) or ``"sincos"`` (fixed, MAE / M3AE).
+        mask_token: create a learned token that replaces masked patches (BEiT / FLAVA MIM).
+        dropout: dropout on the output.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        in_chans: int,
+        dim: int,
+        cls_token: bool = True,
+        position: str = "learned",
+        mask_token: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(
+                f"image_size {image_size} is not a multiple of patch_size {patch_size}"
+            )
+        self.patch_size, self.in_chans = patch_size, in_chans
+        self.patch_embed = PatchEmbed(
+            img_size=image_size, patch_size=patch_size, in_chans=in_chans, embed_dim=dim,
+            strict_img_size=False,
+        )  # fmt: skip
+        self.grid: tuple[int, int] = tuple(self.patch_embed.grid_size)
+        self.num_prefix_tokens = int(cls_token)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if mask_token else None
+        self.position = position
+        n_pos = self.num_prefix_tokens + self.grid[0] * self.grid[1]
+        if position == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, dim))
+        elif position == "sincos":
+            self.pos_embed = None  # computed for whatever grid comes in
+        else:
+            raise ValueError(f"image position must be 'learned' or 'sincos', got {position!r}")
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def _positions(
+        self, grid: tuple[int, int], interpolate: bool, like: torch.Tensor
+    ) -> torch.Tensor:
+        """Position table `(1, prefix + h*w, D)` for ``grid`` (prefix rows are zero for sincos)."""
+        if self.pos_embed is None:
+            table = sincos_2d(grid, like.shape[-1]).to(like)[None]  # (1, h*w, D)
+            prefix = table.new_zeros(1, self.num_prefix_tokens, table.shape[-1])
+            return torch.cat([prefix, table], dim=1)
+        if grid == self.grid:
+            return self.pos_embed
+        if not interpolate:
+            raise ValueError(
+                f"image of {grid[0]}x{grid[1]} patches does not match the model's "
+                f"{self.grid[0]}x{self.grid[1]} grid (image_size "
+                f"{self.grid[0] * self.patch_size}); pass interpolate_pos_encoding=True or "
+                "call resize_position_embeddings()"
+            )
+        return resample_abs_pos_embed(
+            self.pos_embed, new_size=list(grid), old_size=list(self.grid),
+            num_prefix_tokens=self.num_prefix_tokens,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def resize_position_embeddings(self, image_size: int) -> None:
+        """Permanently resample the learned table to a new resolution (e.g. fine-tuning at 480)."""
+        if image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        grid = (image_size // self.patch_size,) * 2
+        if self.pos_embed is not None and grid != self.grid:
+            self.pos_embed = nn.Parameter(self._positions(grid, True, self.pos_embed).clone())
+        self.patch_embed.img_size = (image_size, image_size)
+        self.patch_embed.grid_size = grid
+        self.patch_embed.num_patches = grid[0] * grid[1]
+        self.grid = grid
+
+    def check_pixels(self, pixel_values: torch.Tensor) -> tuple[int, int]:
+        """Validate `(B, C, H, W)` and return its patch grid ``(H/P, W/P)``."""
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                f"pixel_values must be (batch, channels, height, width), got shape "
+                f"{tuple(pixel_values.shape)}"
+            )
+        _, C, H, W = pixel_values.shape
+        if C != self.in_chans:
+            raise ValueError(f"pixel_values have {C} channels, the model expects {self.in_chans}")
+        if H % self.patch_size or W % self.patch_size:
+            raise ValueError(
+                f"image size {H}x{W} is not a multiple of the patch size {self.patch_size}"
+            )
+        return H // self.patch_size, W // self.patch_size
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        keep_ids: torch.Tensor | None = None,
+        masked_patches: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        """Embed patches (and the CLS token).
+
+        Args:
+            pixel_values: `(B, C, H, W)`.
+            keep_ids: long `(B, Nk)` indices of the patches to keep, -1 = padding slot.
+                Patches not listed are dropped *after* the position is added.
+            masked_patches: bool `(B, N)`, True = replace the patch embedding with the mask
+                token before the position is added (BEiT / FLAVA).
+            interpolate_pos_encoding: resample the learned table when the grid differs.
+
+        Returns:
+            ``(tokens (B, prefix + Nk, D), valid (B, prefix + Nk) bool or None, grid)``; valid
+            is None without ``keep_ids`` (every slot is real).
+        """
+        grid = self.check_pixels(pixel_values)
+        x = self.patch_embed(pixel_values)  # (B, N, D)
+        if masked_patches is not None:
+            if self.mask_token is None:
+                raise ValueError(
+                    "masked_patches given but the model has no mask token (set use_mask_token)"
+                )
+            if masked_patches.shape != x.shape[:2]:
+                raise ValueError(
+                    f"masked_patches has shape {tuple(masked_patches.shape)}, expected {tuple(x.shape[:2])}"
+                )
+            w = masked_patches.unsqueeze(-1).to(x.dtype)  # (B, N, 1)
+            x = x * (1 - w) + self.mask_token.to(x.dtype) * w
+        pos = self._positions(grid, interpolate_pos_encoding, x)
+        x = x + pos[:, self.num_prefix_tokens :]
+        valid = None
+        if keep_ids is not None:
+            if keep_ids.is_floating_point() or keep_ids.dtype == torch.bool:
+                raise TypeError("keep_ids must be integer patch indices")
+            # (B, Nk) -> (B, Nk, D): gather the kept patches; -1 slots read patch 0 and are masked
+            index = keep_ids.clamp(min=0).unsqueeze(-1).expand(-1, -1, x.shape[-1])
+            x = torch.gather(x, 1, index)
+            valid = keep_ids >= 0
+        if self.cls_token is not None:
+            cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
+            x = torch.cat([cls, x], dim=1)
+            if valid is not None:
+                valid = torch.cat([valid.new_ones(valid.shape[0], 1), valid], dim=1)
+        return self.dropout(x), valid, grid
