@@ -141,6 +141,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
         image_segment: int = IMAGE_SEGMENT,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool = False,
+        fuse: bool = True,
     ) -> EncoderOutput:
         """Encode text, image or both.
 
@@ -157,6 +158,10 @@ class OneTowerModel(OneTowerPreTrainedModel):
             interpolate_pos_encoding: accept a patch grid other than the configured one by
                 resampling the learned position table.
             output_hidden_states: also return the input of every fusion block.
+            fuse: run the fusion encoder. ``False`` (models with unimodal towers only) stops
+                after the towers: ``last_hidden_state`` is then the concatenated tower states
+                and ``pooler_output`` the first CLS tower state, with no pooler applied
+                (FLAVA's unimodal views).
 
         Returns:
             :class:`~onetower.outputs.EncoderOutput`.
@@ -212,15 +217,25 @@ class OneTowerModel(OneTowerPreTrainedModel):
             if prefix:
                 cls_positions["image"] = start
 
+        key_mask = self._joint_mask(masks, [p.shape[1] for p in parts])  # (B, L) or None
+        if not fuse:
+            missing = [m for m in slices if m in ("text", "image") and m not in unimodal]
+            if missing:
+                raise ValueError(
+                    f"fuse=False needs a unimodal tower for {missing}; the model has none"
+                )
+            parts = [unimodal[m] for m in ("text", "image") if m in unimodal]
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, L, D)
         B, L, _ = x.shape
-        key_mask = self._joint_mask(masks, [p.shape[1] for p in parts])  # (B, L) or None
         split = slices["text"].stop if "text" in slices else 0
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
-        x, hidden = self.encoder(x, attn_mask, split, return_all=output_hidden_states)
+        hidden = None
+        if fuse:
+            x, hidden = self.encoder(x, attn_mask, split, return_all=output_hidden_states)
+        pooled = self._pool_token(x, cls_positions, slices, key_mask)
         return EncoderOutput(
             last_hidden_state=x,
-            pooler_output=self.pooler(self._pool_token(x, cls_positions, slices, key_mask)),
+            pooler_output=self.pooler(pooled) if fuse else pooled,
             attention_mask=key_mask,
             segment_ids=torch.cat(segments).expand(B, L),
             modality_slices=slices,
