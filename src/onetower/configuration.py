@@ -1,11 +1,9 @@
 """``OneTowerConfig``: the configuration of the shared single-stream encoder, with named sizes."""
 
-from __future__ import annotations
-
 import difflib
 from typing import Any
 
-from huggingface_hub.dataclasses import strict
+from huggingface_hub.dataclasses import strict, type_validator
 from transformers import AutoConfig, PreTrainedConfig
 
 #: Named sizes. ``tiny`` is the test size; ``base``/``large`` follow ViT-B/L and ViLT-B.
@@ -65,11 +63,11 @@ class OneTowerConfig(PreTrainedConfig):
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
     intermediate_size: int = 3072
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
-    drop_path_rate: float = 0.0
-    layer_norm_eps: float = 1e-6
-    initializer_range: float = 0.02
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    drop_path_rate: float | int = 0.0
+    layer_norm_eps: float | int = 1e-6
+    initializer_range: float | int = 0.02
     qkv_bias: bool = True
     multiway: bool = False
     num_segments: int = 2
@@ -115,6 +113,10 @@ class OneTowerConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     def _check(self) -> None:
+        """Field types, then cross-field checks, as plain TypeError / ValueError."""
+        # this module has no `from __future__ import annotations`, so these are real types
+        for name, kind in OneTowerConfig.__annotations__.items():
+            type_validator(name, getattr(self, name), kind)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
@@ -142,7 +144,7 @@ class OneTowerConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
-    def from_size(cls, size: str, **overrides: Any) -> OneTowerConfig:
+    def from_size(cls, size: str, **overrides: Any) -> "OneTowerConfig":
         """A named size (``tiny``, ``small``, ``base``, ``large``) with optional overrides."""
         if size not in SIZES:
             raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")

@@ -58,13 +58,6 @@ class OneTowerPreTrainedModel(PreTrainedModel):
         ):
             init.normal_(module.position_embeddings, std=std)
 
-    def _set_gradient_checkpointing(
-        self, enable: bool = True, gradient_checkpointing_func: Any = None
-    ) -> None:
-        for m in self.modules():
-            if isinstance(m, BlockStack):
-                m.gradient_checkpointing = enable
-
     @classmethod
     def from_pretrained(cls, *args: Any, strict: bool = True, **kwargs: Any):  # type: ignore[override]
         """``PreTrainedModel.from_pretrained``, but a checkpoint whose weights do not fit this
