@@ -1,0 +1,133 @@
+"""Torch datasets over a ``Source``: decode, check and transform each sample, skipping bad ones.
+
+A sample is a dict with ``text`` (str) for text, and ``pixel_values`` (float `(C, H, W)`) plus
+``image_id`` (int) for images. Map-style datasets replace a bad sample by the next good one
+(as ViLT does) so batches keep their size; streaming datasets just move on. Either way the
+skip is counted in the shared ``SkipCounter``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from PIL import Image
+
+from onetower.data.robust import SkipCounter, SkipSample, clean_text, decode_image
+from onetower.data.sources import Source
+from onetower.data.transforms import SeededTransform
+
+#: A map-style dataset gives up (returns None, dropped by the collator) after this many
+#: consecutive bad rows.
+MAX_FALLBACKS = 16
+
+
+class SampleDecoder:
+    """Turns one raw row of ``source`` into a sample dict, or raises ``SkipSample``."""
+
+    def __init__(
+        self,
+        source: Source,
+        image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        seed: int = 0,
+        max_side: int = 4096,
+    ) -> None:
+        self.source = source
+        self.transform = SeededTransform(image_transform, seed) if image_transform else None
+        self.max_side = max_side
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        src, sample = self.source, {}
+        if src.text_column is not None:
+            sample["text"] = clean_text(row.get(src.text_column))
+        if src.image_column is not None:
+            image = decode_image(row.get(src.image_column), src.base_dir, self.max_side)
+            key = src.image_key(row)
+            if self.transform is None:
+                raise ValueError("an image source needs an image_transform")
+            sample["pixel_values"] = self.transform(image, key)
+            sample["image_id"] = key
+        return sample
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.transform is not None:
+            self.transform.epoch = epoch
+
+
+def _decode_counted(decode: SampleDecoder, row: Any, counter: SkipCounter) -> dict | None:
+    try:
+        if not isinstance(row, dict):
+            raise SkipSample("bad_record", type(row).__name__)
+        sample = decode(row)
+    except SkipSample as e:
+        counter.skip(e.reason)
+        return None
+    counter.ok()
+    return sample
+
+
+class MapDataset(torch.utils.data.Dataset):
+    """Random access over an in-memory source; a bad row is replaced by the next good one."""
+
+    def __init__(self, source: Source, decode: SampleDecoder, counter: SkipCounter) -> None:
+        self.data, self.decode, self.counter = source.dataset, decode, counter
+        # Rows found bad in this process: skipped without being decoded or counted again.
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict | None:
+        for offset in range(MAX_FALLBACKS):
+            i = (index + offset) % len(self.data)
+            if i in self._bad:
+                continue
+            sample = _decode_counted(self.decode, self.data[i], self.counter)
+            if sample is not None:
+                return sample
+            self._bad.add(i)
+        return None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.decode.set_epoch(epoch)
+
+
+class StreamDataset(torch.utils.data.IterableDataset):
+    """Iterates a streaming source (worker sharding is done by ``datasets``), skipping bad rows."""
+
+    def __init__(self, source: Source, decode: SampleDecoder, counter: SkipCounter) -> None:
+        self.data, self.decode, self.counter = source.dataset, decode, counter
+
+    def __iter__(self) -> Iterator[dict]:
+        for row in self.data:
+            sample = _decode_counted(self.decode, row, self.counter)
+            if sample is not None:
+                yield sample
+
+    def set_epoch(self, epoch: int) -> None:
+        self.data.set_epoch(epoch)  # reshuffles a shuffled stream
+        self.decode.set_epoch(epoch)
+
+
+def build_dataset(
+    source: Source,
+    image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    counter: SkipCounter | None = None,
+    seed: int = 0,
+    max_side: int = 4096,
+) -> MapDataset | StreamDataset:
+    """A torch dataset of decoded samples for a DataLoader.
+
+    Args:
+        source: from ``load_pairs`` / ``load_texts`` / ``load_images`` / ``load_webdataset``.
+        image_transform: e.g. ``build_image_transform(64, train=True)``; needed for images.
+        counter: shared bad-sample counter (a fresh one with default limits if None; read it
+            back from ``dataset.counter``).
+        seed: augmentation seed (per-sample seeds derive from it, the epoch and the image key).
+        max_side: images with a longer side are downscaled before the transform.
+    """
+    decode = SampleDecoder(source, image_transform, seed, max_side)
+    counter = counter if counter is not None else SkipCounter()
+    cls = StreamDataset if source.streaming else MapDataset
+    return cls(source, decode, counter)

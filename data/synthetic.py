@@ -1,0 +1,221 @@
+"""Write the synthetic world to disk in the formats real data uses, and a CLI for it.
+
+Layout under ``root``::
+
+    pairs/{train,validation}/metadata.jsonl + NNNNNN.png     (datasets imagefolder)
+    vqa/v2_OpenEnded_mscoco_{train2014,val2014}_questions.json
+    vqa/v2_mscoco_{train2014,val2014}_annotations.json
+    vqa/{train2014,val2014}/COCO_<subtype>_<12-digit id>.jpg
+    nlvr2/{train,dev}.json (JSON lines) + nlvr2/images/{train,dev}/<id>-img{0,1}.png
+    tokenizer/ (save_pretrained)   world.json (the spec, so a second call reuses the files)
+
+Usage: ``python -m onetower.data.synthetic OUT --n-train 2000 --n-val 200 --image-size 64``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from onetower.data.tokenizer import train_wordpiece_tokenizer
+from onetower.data.world import caption, render, sample_scene
+from onetower.data.world_tasks import questions, statement
+
+VQA_SUBTYPES = {"train": "train2014", "validation": "val2014"}
+NLVR2_SPLITS = {"train": "train", "validation": "dev"}
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """What to generate; the same spec always gives byte-identical files."""
+
+    seed: int = 0
+    n_train: int = 2000
+    n_val: int = 200
+    image_size: int = 64
+    vqa_train: int = 500
+    vqa_val: int = 100
+    nlvr2_train: int = 500
+    nlvr2_val: int = 100
+    vocab_size: int = 512
+    text_length: int = 32
+
+
+@dataclass(frozen=True)
+class SyntheticWorld:
+    """Paths of a written world."""
+
+    root: Path
+    spec: WorldSpec
+
+    @property
+    def pairs_dir(self) -> Path:
+        return self.root / "pairs"
+
+    def split_dir(self, split: str) -> Path:
+        return self.pairs_dir / split
+
+    @property
+    def vqa_dir(self) -> Path:
+        return self.root / "vqa"
+
+    @property
+    def nlvr2_dir(self) -> Path:
+        return self.root / "nlvr2"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+
+def _rng(seed: int, *parts: str) -> random.Random:
+    # String seeds are hashed with SHA-512 by `random`, so this is stable across processes.
+    return random.Random("/".join([str(seed), *parts]))
+
+
+def write_pairs(out: Path, spec: WorldSpec) -> list[str]:
+    """Write the caption imagefolder; returns every caption written (train first)."""
+    texts, next_id = [], 0
+    for split, n in (("train", spec.n_train), ("validation", spec.n_val)):
+        rng, folder = _rng(spec.seed, "pairs", split), out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "metadata.jsonl", "w", encoding="utf-8") as meta:
+            for _ in range(n):
+                scene = sample_scene(rng)
+                # Image ids are global across splits; the file stem is the id.
+                name = f"{next_id:06d}.png"
+                render(scene, spec.image_size).save(folder / name, compress_level=1)
+                text = caption(scene, rng)
+                meta.write(json.dumps({"file_name": name, "text": text}) + "\n")
+                texts.append(text)
+                next_id += 1
+    return texts
+
+
+def write_vqa(out: Path, spec: WorldSpec) -> list[str]:
+    """Write VQA v2 question/annotation JSON and COCO-named images; returns the texts."""
+    texts, qid = [], 0
+    for split, n in (("train", spec.vqa_train), ("validation", spec.vqa_val)):
+        subtype, rng = VQA_SUBTYPES[split], _rng(spec.seed, "vqa", split)
+        (out / subtype).mkdir(parents=True, exist_ok=True)
+        qs, anns = [], []
+        for i in range(n):
+            image_id = i + (spec.vqa_train if split == "validation" else 0)
+            scene = sample_scene(rng)
+            path = out / subtype / f"COCO_{subtype}_{image_id:012d}.jpg"
+            render(scene, spec.image_size).save(path, quality=95)
+            for qa in questions(scene, rng):
+                qs.append({"image_id": image_id, "question": qa.question, "question_id": qid})
+                anns.append(
+                    {
+                        "question_id": qid,
+                        "image_id": image_id,
+                        "question_type": qa.question_type,
+                        "answer_type": qa.answer_type,
+                        "multiple_choice_answer": qa.multiple_choice_answer,
+                        "answers": [
+                            {"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
+                            for j, a in enumerate(qa.answers)
+                        ],
+                    }
+                )
+                texts += [qa.question, *set(qa.answers)]
+                qid += 1
+        head = {"info": {"description": "onetower synthetic world"}, "license": {}}
+        head |= {"data_type": "mscoco", "data_subtype": subtype}
+        with open(out / f"v2_OpenEnded_mscoco_{subtype}_questions.json", "w") as f:
+            json.dump(head | {"task_type": "Open-Ended", "questions": qs}, f)
+        with open(out / f"v2_mscoco_{subtype}_annotations.json", "w") as f:
+            json.dump(head | {"annotations": anns}, f)
+    return texts
+
+
+def write_nlvr2(out: Path, spec: WorldSpec) -> list[str]:
+    """Write NLVR2 JSON-lines files (string labels) and left/right images; returns texts."""
+    texts = []
+    for split, n in (("train", spec.nlvr2_train), ("validation", spec.nlvr2_val)):
+        name, rng = NLVR2_SPLITS[split], _rng(spec.seed, "nlvr2", split)
+        image_dir = out / "images" / name
+        image_dir.mkdir(parents=True, exist_ok=True)
+        with open(out / f"{name}.json", "w", encoding="utf-8") as f:
+            for set_id in range(n):
+                label = rng.random() < 0.5
+                sentence = None
+                while sentence is None:  # resample the pair if no statement fits the label
+                    left, right = sample_scene(rng), sample_scene(rng)
+                    sentence = statement(left, right, rng, label)
+                prefix = f"{name}-{set_id}-0"
+                render(left, spec.image_size).save(image_dir / f"{prefix}-img0.png")
+                render(right, spec.image_size).save(image_dir / f"{prefix}-img1.png")
+                row = {"identifier": f"{prefix}-0", "sentence": sentence, "label": str(label)}
+                f.write(json.dumps(row | {"left_url": "", "right_url": ""}) + "\n")
+                texts.append(sentence)
+    return texts
+
+
+def write_synthetic_world(root: str | Path, spec: WorldSpec) -> SyntheticWorld:
+    """Write every part of the world and its tokenizer into ``root`` (overwrites files)."""
+    root = Path(root)
+    texts = write_pairs(root / "pairs", spec)
+    texts += write_vqa(root / "vqa", spec)
+    texts += write_nlvr2(root / "nlvr2", spec)
+    tokenizer = train_wordpiece_tokenizer(texts, spec.vocab_size, spec.text_length)
+    tokenizer.save_pretrained(str(root / "tokenizer"))
+    (root / "world.json").write_text(json.dumps(dataclasses.asdict(spec), indent=1))
+    return SyntheticWorld(root, spec)
+
+
+def ensure_synthetic_world(
+    root: str | Path, spec: WorldSpec | None = None, **fields
+) -> SyntheticWorld:
+    """Write the world once and reuse it; safe when several processes call it at once.
+
+    Args:
+        root: target folder; reused when its ``world.json`` equals the spec.
+        spec: what to generate; or pass ``WorldSpec`` fields as keywords
+            (``seed``, ``n_train``, ``n_val``, ``image_size``, ...).
+
+    Returns:
+        The world's paths. A folder holding a different spec raises ``FileExistsError``.
+    """
+    spec = dataclasses.replace(spec or WorldSpec(), **fields)
+    root = Path(root)
+    marker = root / "world.json"
+    if marker.exists():
+        if json.loads(marker.read_text()) != dataclasses.asdict(spec):
+            raise FileExistsError(f"{root} holds a synthetic world with another spec")
+        return SyntheticWorld(root, spec)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a private folder and rename: concurrent ranks never see half-written files.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    write_synthetic_world(tmp, spec)
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another process won the race; its files are identical
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not marker.exists():
+            raise
+    return SyntheticWorld(root, spec)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: write a synthetic world of any size to a folder."""
+    parser = argparse.ArgumentParser(prog="python -m onetower.data.synthetic", description=__doc__)
+    parser.add_argument("out", type=Path)
+    for field in dataclasses.fields(WorldSpec):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)
+    args = vars(parser.parse_args(argv))
+    out = args.pop("out")
+    world = write_synthetic_world(out, WorldSpec(**args))
+    print(f"wrote {world.spec} to {out}")
+
+
+if __name__ == "__main__":
+    main()

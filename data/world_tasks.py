@@ -1,0 +1,138 @@
+"""VQA questions and NLVR2 statements about synthetic scenes (pure functions of a Random)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+from onetower.data.world import COLOURS, NUMBER_WORDS, SHAPES, Scene
+
+#: Each of the 10 synthetic annotators answers at random (same answer type) this often.
+ANNOTATOR_NOISE = 0.1
+YES_NO = ("yes", "no")
+COUNTS = ("0", "1", "2", "3")
+
+
+@dataclass(frozen=True)
+class QA:
+    """One question with its answer type, question type and 10 annotator answers."""
+
+    question: str
+    question_type: str
+    answer_type: str
+    answers: tuple[str, ...]
+
+    @property
+    def multiple_choice_answer(self) -> str:
+        # Most frequent answer; ties go to the first seen, as a deterministic rule.
+        return Counter(self.answers).most_common(1)[0][0]
+
+
+def _annotate(truth: str, choices: tuple[str, ...], rng: random.Random) -> tuple[str, ...]:
+    return tuple(
+        rng.choice(choices) if rng.random() < ANNOTATOR_NOISE else truth for _ in range(10)
+    )
+
+
+def questions(scene: Scene, rng: random.Random, k: int = 3) -> list[QA]:
+    """Up to ``k`` distinct-kind questions about ``scene``.
+
+    The colour question names a shape that occurs once in the scene; since colour is drawn
+    independently of shape, its answer given the question text alone is uniform over colours.
+    """
+    colours = tuple(COLOURS)
+    out: list[QA] = []
+    kinds = ["colour", "count", "exists", "shape"]
+    rng.shuffle(kinds)
+    for kind in kinds:
+        if kind == "colour":
+            unique = [o for o in scene.objects if scene.count(shape=o.shape) == 1]
+            if not unique:
+                continue
+            o = rng.choice(unique)
+            q = QA(
+                f"what colour is the {o.shape}?",
+                "what colour is the",
+                "other",
+                _annotate(o.colour, colours, rng),
+            )
+        elif kind == "count":
+            shape = rng.choice(SHAPES)
+            truth = str(scene.count(shape=shape))
+            q = QA(
+                f"how many {shape}s are there?", "how many", "number", _annotate(truth, COUNTS, rng)
+            )
+        elif kind == "exists":
+            # Half the time ask about an object that is there, so yes/no stays balanced.
+            if rng.random() < 0.5:
+                o = rng.choice(scene.objects)
+                colour, shape = o.colour, o.shape
+            else:
+                colour, shape = rng.choice(colours), rng.choice(SHAPES)
+            truth = "yes" if scene.count(shape=shape, colour=colour) else "no"
+            q = QA(
+                f"is there a {colour} {shape}?",
+                "is there a",
+                "yes/no",
+                _annotate(truth, YES_NO, rng),
+            )
+        else:
+            unique = [o for o in scene.objects if scene.count(colour=o.colour) == 1]
+            if not unique:
+                continue
+            o = rng.choice(unique)
+            q = QA(
+                f"what shape is the {o.colour} object?",
+                "what shape is the",
+                "other",
+                _annotate(o.shape, SHAPES, rng),
+            )
+        out.append(q)
+        if len(out) == k:
+            break
+    return out
+
+
+def _statement(left: Scene, right: Scene, rng: random.Random) -> tuple[str, bool]:
+    kind = rng.randrange(4)
+    colour, shape = rng.choice(tuple(COLOURS)), rng.choice(SHAPES)
+    if kind == 0:
+        first, second = rng.choice((("left", "right"), ("right", "left")))
+        a, b = (left, right) if first == "left" else (right, left)
+        return (
+            f"the {first} image has more {colour} shapes than the {second} image",
+            a.count(colour=colour) > b.count(colour=colour),
+        )
+    if kind == 1:
+        return (
+            f"both images contain a {shape}",
+            left.count(shape=shape) > 0 and right.count(shape=shape) > 0,
+        )
+    if kind == 2:
+        n = rng.randrange(1, 7)
+        total = left.count(shape=shape) + right.count(shape=shape)
+        text = (
+            f"there are exactly {NUMBER_WORDS[n]} {shape}s in total"
+            if n != 1
+            else f"there is exactly one {shape} in total"
+        )
+        return text, total == n
+    side = rng.choice(("left", "right"))
+    n = rng.randrange(1, 4)
+    scene = left if side == "left" else right
+    return (
+        f"the {side} image contains exactly {NUMBER_WORDS[n]} {colour} shapes"
+        if n != 1
+        else f"the {side} image contains exactly one {colour} shape",
+        scene.count(colour=colour) == n,
+    )
+
+
+def statement(left: Scene, right: Scene, rng: random.Random, label: bool) -> str | None:
+    """A statement about the pair whose truth is ``label`` (None if none found in 64 tries)."""
+    for _ in range(64):
+        text, truth = _statement(left, right, rng)
+        if truth == label:
+            return text
+    return None

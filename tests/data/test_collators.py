@@ -1,0 +1,113 @@
+"""Collators: keys and shapes of the batch contract, determinism, worker-distinct masks."""
+
+from __future__ import annotations
+
+import torch
+
+from onetower.data import (
+    ImageCollator,
+    PairCollator,
+    PatchMasking,
+    TextCollator,
+    TextMasking,
+    build_dataset,
+    build_image_transform,
+    keys,
+    load_pairs,
+)
+
+
+def _samples(n=6, size=32):
+    g = torch.Generator().manual_seed(0)
+    texts = [
+        "a small red circle left of a large blue square",
+        "a green diamond",
+        "zebras quickly jumped over the purple triangle",
+    ] * 2
+    return [
+        {
+            "text": texts[i % len(texts)],
+            "pixel_values": torch.randn(3, size, size, generator=g),
+            "image_id": i,
+        }
+        for i in range(n)
+    ]
+
+
+def test_pair_batch_contract(tokenizer):
+    mask = PatchMasking((4, 4), 0.75)
+    batch = PairCollator(tokenizer, 16, TextMasking(whole_word=True), mask, seed=1)(_samples())
+    b, t = batch[keys.INPUT_IDS].shape
+    assert b == 6 and t <= 16
+    assert (batch[keys.INPUT_IDS][:, 0] == tokenizer.cls_token_id).all()
+    assert batch[keys.ATTENTION_MASK].dtype == torch.long
+    assert torch.equal(
+        batch[keys.INPUT_IDS] == tokenizer.pad_token_id, batch[keys.ATTENTION_MASK] == 0
+    )
+    assert batch[keys.PIXEL_VALUES].shape == (6, 3, 32, 32)
+    assert batch[keys.IMAGE_IDS].tolist() == list(range(6))
+    assert batch[keys.MIM_MASK].shape == (6, 16) and batch[keys.MIM_MASK].dtype == torch.bool
+    assert batch[keys.IMAGE_KEEP_IDS].shape == (6, 4)
+    labels = batch[keys.MLM_LABELS]
+    assert (labels[batch[keys.ATTENTION_MASK] == 0] == -100).all()
+    assert (labels[:, 0] == -100).all()
+
+
+def test_whole_word_masking_with_the_tokenizer(tokenizer):
+    """Unknown words split into characters; their pieces are masked together."""
+    collate = TextCollator(tokenizer, 24, TextMasking(probability=0.5, whole_word=True), seed=0)
+    text = "zebras quickly jumped"
+    enc = tokenizer(text)
+    word_ids = torch.tensor([-1 if w is None else w for w in enc.word_ids()])
+    assert len(word_ids) > 5  # several pieces per word
+    for _ in range(20):
+        labels = collate([{"text": text}])[keys.MLM_LABELS][0]
+        for w in range(3):
+            sel = labels[word_ids == w] != -100
+            assert sel.all() or not sel.any()
+
+
+def test_same_seed_same_batches_with_workers(world, tokenizer, cache_dir):
+    src = load_pairs(world.pairs_dir, cache_dir=cache_dir)
+    ds = build_dataset(src, build_image_transform(32, train=True), seed=0)
+
+    def run(seed):
+        collate = PairCollator(tokenizer, 24, TextMasking(), PatchMasking((4, 4), 0.5), seed=seed)
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_size=8,
+            shuffle=True,
+            num_workers=2,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return list(loader)
+
+    a, b, c = run(0), run(0), run(1)
+    for x, y in zip(a, b, strict=True):
+        for k in x:
+            assert torch.equal(x[k], y[k]), k
+    assert not torch.equal(a[0][keys.IMAGE_IDS], c[0][keys.IMAGE_IDS])
+    # Batches 0 and 1 come from different workers: their masks must not repeat.
+    assert not torch.equal(a[0][keys.MIM_MASK], a[1][keys.MIM_MASK])
+
+
+def test_text_only_and_image_only_keys(tokenizer):
+    text = TextCollator(tokenizer, 8, pad_to_max_length=True)(_samples())
+    assert set(text) == {keys.INPUT_IDS, keys.ATTENTION_MASK} and text[keys.INPUT_IDS].shape == (
+        6,
+        8,
+    )
+    image = ImageCollator(PatchMasking((4, 4), ratio_range=(0.25, 0.75)), seed=0)(_samples())
+    assert set(image) == {keys.PIXEL_VALUES, keys.IMAGE_IDS, keys.MIM_MASK, keys.IMAGE_KEEP_IDS}
+    kept = (image[keys.IMAGE_KEEP_IDS] >= 0).sum(1)
+    assert torch.equal(kept, (~image[keys.MIM_MASK]).sum(1))
+    block = ImageCollator(PatchMasking((8, 8), 0.4, block=True), seed=0)(_samples())
+    assert (block[keys.MIM_MASK].sum(1) <= round(0.4 * 64)).all()
+
+
+def test_skipped_samples_are_dropped(tokenizer):
+    samples = _samples(3)
+    batch = PairCollator(tokenizer, 16)([samples[0], None, samples[2]])
+    assert batch[keys.IMAGE_IDS].tolist() == [0, 2]
+    assert PairCollator(tokenizer, 16)([None]) == {}
