@@ -1,0 +1,121 @@
+"""Image-text matching: pooled CLS -> 2-way classifier over positives and sampled negatives.
+
+The ``pair`` view encodes the B clean pairs and the negative pairs this head draws (see
+:meth:`ITMHead.negatives`) in one extra encoder call, as ALBEF / ViLT run their matching
+passes; labels are 1 for the B positives, 0 for the negatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onetower.data import keys
+from onetower.objectives.base import IMAGE, PAIR, TEXT, ObjectiveOutput, accuracy
+from onetower.objectives.contrastive import image_features, text_features
+from onetower.objectives.itm_negatives import NegativePairs, hard_negatives, random_negatives
+from onetower.objectives.registry import register_objective
+from onetower.outputs import EncoderOutput
+
+NEGATIVE_MODES = ("random", "hard")
+#: ``similarity(text_view, image_view) -> (B, B)`` image->text scores used to mine negatives.
+Similarity = Callable[[EncoderOutput, EncoderOutput], torch.Tensor]
+
+
+@torch.no_grad()
+def cosine_similarity(text: EncoderOutput, image: EncoderOutput) -> torch.Tensor:
+    """Fallback mining score without a contrastive head: cosine of the CLS features / 0.07."""
+    img = F.normalize(image_features(image).float(), dim=-1)
+    txt = F.normalize(text_features(text).float(), dim=-1)
+    return img @ txt.t() / 0.07
+
+
+class ITMHead(nn.Module):
+    """Binary matched / not-matched classifier on the pooled output of the ``pair`` view.
+
+    Args:
+        dim: encoder width D.
+        negatives: ``"random"`` (in-batch image swaps) or ``"hard"`` (ALBEF mining).
+        neg_ratio: random mode only: negatives per positive, in (0, 1].
+        similarity: hard mode: image->text score function (the contrastive head's
+            projections when it is enabled, injected by the builder).
+    """
+
+    views = (PAIR,)
+    modalities = frozenset({"text", "image"})
+
+    def __init__(
+        self,
+        dim: int,
+        negatives: str = "random",
+        neg_ratio: float = 1.0,
+        similarity: Similarity | None = None,
+    ) -> None:
+        super().__init__()
+        if negatives not in NEGATIVE_MODES:
+            raise ValueError(f"itm negatives must be one of {NEGATIVE_MODES}, got {negatives!r}")
+        if not 0.0 < neg_ratio <= 1.0:
+            raise ValueError(f"itm neg_ratio must be in (0, 1], got {neg_ratio}")
+        self.classifier = nn.Linear(dim, 2)
+        self.mode, self.neg_ratio = negatives, neg_ratio
+        self.similarity = similarity or cosine_similarity
+        #: views the negative sampler reads (the composer resolves them before ``pair``).
+        self.sampler_views: tuple[str, ...] = (TEXT, IMAGE) if negatives == "hard" else ()
+
+    def applies_to(self, batch: Mapping[str, Any]) -> bool:
+        return keys.INPUT_IDS in batch and keys.PIXEL_VALUES in batch  # clean text and image
+
+    def negatives(
+        self, batch: Mapping[str, Any], views: Mapping[str, Any], generator: torch.Generator
+    ) -> NegativePairs:
+        """Draw the negative pairs of this step (no gradient flows through the choice).
+
+        Args:
+            batch: needs ``INPUT_IDS``; ``IMAGE_IDS`` `(B,)` if given excludes same-image pairs.
+            views: ``{"text", "image"}`` outputs in hard mode, else unused.
+            generator: randomness source.
+        """
+        ids = batch.get(keys.IMAGE_IDS)
+        B = batch[keys.INPUT_IDS].shape[0]
+        device = batch[keys.INPUT_IDS].device
+        if self.mode == "random":
+            return random_negatives(B, self.neg_ratio, generator, ids, device)
+        return hard_negatives(self.similarity(views[TEXT], views[IMAGE]), generator, ids)
+
+    def forward(self, views: Mapping[str, Any], batch: Mapping[str, Any]) -> ObjectiveOutput:
+        """Args:
+            views: ``{"pair": PairView}`` (positives then negatives along the batch).
+            batch: unused (labels come with the view).
+
+        Returns:
+            loss = CE over all pairs; metrics ``acc``, ``pos_acc`` and ``neg_acc``.
+        """
+        pair = views[PAIR]
+        logits = self.classifier(pair.encoder.pooler_output)  # (B + K, 2)
+        labels = pair.itm_labels
+        loss = F.cross_entropy(logits.float(), labels)
+        with torch.no_grad():
+            pos = labels == 1
+            metrics = {
+                "acc": accuracy(logits, labels),
+                "pos_acc": accuracy(logits[pos], labels[pos]),
+                "neg_acc": accuracy(logits[~pos], labels[~pos]),
+            }
+        return ObjectiveOutput(loss=loss, metrics=metrics)
+
+
+@register_objective("itm")
+def build_itm(
+    model: nn.Module,
+    built: Mapping[str, nn.Module],
+    negatives: str = "random",
+    neg_ratio: float = 1.0,
+) -> ITMHead:
+    """ITM head; hard negatives reuse the contrastive head's similarity when it is built."""
+    contrastive = built.get("contrastive")
+    similarity = getattr(contrastive, "similarity", None) if negatives == "hard" else None
+    return ITMHead(model.config.hidden_size, negatives, neg_ratio, similarity)

@@ -1,0 +1,159 @@
+"""Views: the encoder passes a step needs, each computed at most once and only on demand.
+
+- ``masked_pair``: MLM-masked text (``MLM_INPUT_IDS``) + the image, masked for MIM either by
+  dropping patches (``image_keep_ids``) or by the mask token (``bool_masked_pos``);
+  whichever streams the batch has.
+- ``pair``: the B clean pairs followed by the ITM negative pairs, in one encoder call.
+- ``text`` / ``image``: one modality alone; with a unimodal tower the pass stops after it
+  (``fuse=False``, FLAVA), else the shared encoder runs on that modality alone. The image view
+  may drop a random share of patches (FLIP) in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from onetower.data import keys
+from onetower.data.masking import keep_ids_from_mask
+from onetower.objectives.base import VIEW_NAMES
+from onetower.objectives.itm_negatives import NegativePairs
+from onetower.outputs import EncoderOutput
+
+
+@dataclass
+class PairView:
+    """The ``pair`` view.
+
+    Attributes:
+        encoder: output over `(B + K, L, D)`: the B positives, then the K negatives.
+        itm_labels: long `(B + K,)`, 1 = matched pair.
+        negatives: indices into the batch of the K negative pairs.
+    """
+
+    encoder: EncoderOutput
+    itm_labels: torch.Tensor
+    negatives: NegativePairs
+
+
+@dataclass
+class ViewOptions:
+    """How the views of a step are built (collected from the heads by the composer).
+
+    Attributes:
+        mim_masking: ``"drop"``, ``"mask_token"`` or None (image unmasked in ``masked_pair``).
+        patch_dropout: FLIP patch-drop fraction for the ``image`` view in training.
+        negatives: draws the ITM negatives: ``(batch, views, generator) -> NegativePairs``.
+        sampler_views: views ``negatives`` reads.
+    """
+
+    mim_masking: str | None = None
+    patch_dropout: float = 0.0
+    negatives: Callable[..., NegativePairs] | None = None
+    sampler_views: tuple[str, ...] = field(default_factory=tuple)
+
+
+def random_keep_ids(
+    batch_size: int,
+    num_patches: int,
+    drop: float,
+    generator: torch.Generator,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """FLIP / open_clip ``PatchDropout``: keep ``int(N * (1 - drop))`` random patches per sample.
+
+    Returns:
+        long `(B, Nk)` sorted grid indices.
+    """
+    keep = max(1, int(num_patches * (1 - drop)))
+    noise = torch.rand(batch_size, num_patches, generator=generator)  # (B, N)
+    ids = noise.argsort(dim=1)[:, :keep].sort(dim=1).values  # (B, Nk)
+    return ids.to(device)
+
+
+class StepViews:
+    """Lazy per-step cache of views over one batch (a ``Mapping``-like ``__getitem__``).
+
+    Args:
+        model: the shared encoder (``OneTowerModel``).
+        batch: the step's batch dict.
+        options: :class:`ViewOptions`.
+        generator: randomness for patch dropout and ITM negatives.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batch: Mapping[str, Any],
+        options: ViewOptions,
+        generator: torch.Generator,
+    ) -> None:
+        self.model, self.batch, self.options, self.generator = model, batch, options, generator
+        self._cache: dict[str, Any] = {}
+        #: view names in the order they were computed (each appears once).
+        self.computed: list[str] = []
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in VIEW_NAMES:
+            raise KeyError(f"unknown view {name!r}; views are {VIEW_NAMES}")
+        if name not in self._cache:
+            self._cache[name] = getattr(self, f"_{name}")()
+            self.computed.append(name)
+        return self._cache[name]
+
+    def _text_args(self, ids_key: str = keys.INPUT_IDS) -> dict[str, Any]:
+        b = self.batch
+        if ids_key not in b:
+            return {}
+        return {"input_ids": b[ids_key], "attention_mask": b.get(keys.ATTENTION_MASK)}
+
+    def _masked_pair(self) -> EncoderOutput:
+        b, args = self.batch, {}
+        text_key = keys.MLM_INPUT_IDS if keys.MLM_INPUT_IDS in b else keys.INPUT_IDS
+        args.update(self._text_args(text_key))
+        if keys.PIXEL_VALUES in b:
+            args["pixel_values"] = b[keys.PIXEL_VALUES]
+            keep, mask = b.get(keys.IMAGE_KEEP_IDS), b.get(keys.MIM_MASK)
+            # A batch without MIM keys (e.g. MLM-only data) keeps its image clean.
+            if self.options.mim_masking == "drop" and (keep is not None or mask is not None):
+                args["image_keep_ids"] = keep if keep is not None else keep_ids_from_mask(mask)
+            elif self.options.mim_masking == "mask_token" and mask is not None:
+                args["bool_masked_pos"] = mask.bool()
+        return self.model(**args)
+
+    def _text(self) -> EncoderOutput:
+        return self.model(**self._text_args(), fuse=getattr(self.model, "text_tower", None) is None)
+
+    def _image(self) -> EncoderOutput:
+        pixels = self.batch[keys.PIXEL_VALUES]
+        keep = None
+        if self.options.patch_dropout > 0 and self.model.training:
+            num_patches = self.model.image.num_patches
+            keep = random_keep_ids(
+                pixels.shape[0], num_patches, self.options.patch_dropout, self.generator,
+                pixels.device,
+            )  # fmt: skip
+        fuse = getattr(self.model, "image_tower", None) is None
+        return self.model(pixel_values=pixels, image_keep_ids=keep, fuse=fuse)
+
+    def _pair(self) -> PairView:
+        b = self.batch
+        if self.options.negatives is None:
+            raise RuntimeError("the pair view needs an ITM negative sampler")
+        sampler_views = {name: self[name] for name in self.options.sampler_views}
+        neg = self.options.negatives(b, sampler_views, self.generator)
+        ids, pixels = b[keys.INPUT_IDS], b[keys.PIXEL_VALUES]
+        mask = b.get(keys.ATTENTION_MASK)
+        text_rows = torch.cat([torch.arange(ids.shape[0], device=ids.device), neg.text_index])
+        image_rows = torch.cat([torch.arange(ids.shape[0], device=ids.device), neg.image_index])
+        out = self.model(
+            input_ids=ids[text_rows],  # (B + K, T)
+            attention_mask=None if mask is None else mask[text_rows],
+            pixel_values=pixels[image_rows],  # (B + K, C, H, W)
+        )
+        labels = torch.cat([ids.new_ones(ids.shape[0]), ids.new_zeros(len(neg))])
+        return PairView(encoder=out, itm_labels=labels, negatives=neg)

@@ -1,0 +1,73 @@
+"""ITM head and its negative samplers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from onetower.data import keys
+from onetower.objectives import PAIR, StepViews, ViewOptions, build_objective
+from onetower.objectives.itm_negatives import hard_negatives, random_negatives
+
+
+def test_hard_negatives_never_pick_the_positive_or_same_image():
+    g = torch.Generator().manual_seed(0)
+    B = 6
+    image_ids = torch.tensor([0, 1, 1, 2, 3, 3])
+    for _ in range(200):
+        # A strongly dominant diagonal: softmax would put ~all mass on the positive.
+        sim = torch.randn(B, B, generator=g) + 50 * torch.eye(B)
+        for ids in (None, image_ids):
+            neg = hard_negatives(sim, g, ids)
+            assert len(neg) == 2 * B
+            assert (neg.text_index != neg.image_index).all()
+            if ids is not None:
+                assert (ids[neg.text_index] != ids[neg.image_index]).all()
+
+
+def test_hard_negatives_follow_the_similarity():
+    g = torch.Generator().manual_seed(0)
+    sim = torch.zeros(3, 3)
+    sim[0, 1] = sim[1, 0] = 40.0  # image 0 <-> text 1 is by far the hardest off-diagonal pair
+    neg = hard_negatives(sim, g)
+    t2i = dict(zip(neg.text_index[:3].tolist(), neg.image_index[:3].tolist(), strict=True))
+    assert t2i[1] == 0 and t2i[0] == 1
+
+
+def test_random_negatives_ratio_and_no_positive():
+    g = torch.Generator().manual_seed(0)
+    for ratio, want in ((1.0, 8), (0.5, 4)):
+        neg = random_negatives(8, ratio, g, torch.tensor([0, 0, 1, 2, 3, 4, 5, 6]))
+        assert len(neg) == want and (neg.text_index != neg.image_index).all()
+        assert not ((neg.text_index < 2) & (neg.image_index < 2)).any()
+    assert len(random_negatives(1, 1.0, g)) == 0  # nothing to swap with
+
+
+def test_itm_loss_matches_loop(model_factory, batch_factory):
+    model, batch = model_factory(), batch_factory()
+    head = build_objective("itm", model, {"negatives": "random", "neg_ratio": 0.5}, {})
+    opts = ViewOptions(negatives=head.negatives)
+    views = StepViews(model, batch, opts, torch.Generator().manual_seed(0))
+    pair = views[PAIR]
+    res = head({PAIR: pair}, batch)
+    assert pair.itm_labels.tolist() == [1, 1, 1, 1, 0, 0]
+    # Rebuild every pair by hand and classify it on its own.
+    rows_t = [0, 1, 2, 3, *pair.negatives.text_index.tolist()]
+    rows_i = [0, 1, 2, 3, *pair.negatives.image_index.tolist()]
+    total = 0.0
+    for t, i, y in zip(rows_t, rows_i, pair.itm_labels.tolist(), strict=True):
+        out = model(
+            input_ids=batch[keys.INPUT_IDS][t : t + 1],
+            attention_mask=batch[keys.ATTENTION_MASK][t : t + 1],
+            pixel_values=batch[keys.PIXEL_VALUES][i : i + 1],
+        )
+        total = total - F.log_softmax(head.classifier(out.pooler_output[0]), 0)[y]
+    torch.testing.assert_close(res.loss, total / len(rows_t), atol=1e-5, rtol=1e-5)
+    assert set(res.metrics) == {"acc", "pos_acc", "neg_acc"}
+
+
+def test_itm_hard_uses_contrastive_similarity(model_factory):
+    model = model_factory()
+    contrastive = build_objective("contrastive", model, {}, {})
+    itm = build_objective("itm", model, {"negatives": "hard"}, {"contrastive": contrastive})
+    assert itm.similarity == contrastive.similarity and itm.sampler_views == ("text", "image")
