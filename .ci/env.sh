@@ -3,7 +3,9 @@
 # Prints the venv path on its last line. Used by .ci/run; developers can run it too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-key=$(cat pyproject.toml .ci/constraints.txt | sha256sum | cut -c1-16)
+# key: the dependency lists of pyproject.toml plus the constraints (layout edits don't rebuild)
+deps_of() { python3 -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(sys.version_info[:2], p["dependencies"], p["optional-dependencies"])'; }
+key=$( (deps_of; cat .ci/constraints.txt) | sha256sum | cut -c1-16)
 cache="${ONETOWER_CI_CACHE:-$HOME/.cache/onetower-ci}"
 venv="$cache/venv-$key"
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then

@@ -56,25 +56,53 @@ class BatchMasker:
         ids = starts.long().cumsum(1) - 1  # (B, T)
         return ids.masked_fill(special, -1)
 
-    def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
-        """Return a copy of ``batch`` with masking keys added (tensors on the batch's device)."""
+    def __call__(
+        self,
+        batch: dict[str, torch.Tensor],
+        generator: torch.Generator,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> dict:
+        """Return a copy of ``batch`` with masking keys added (tensors on the batch's device).
+
+        With ``world_size > 1`` the batch is this process's rows ``[rank * B, (rank + 1) * B)``
+        of a global batch: the random draws are made for the whole global batch (from the same
+        generator on every process) and this process keeps its rows, so the masks equal those
+        of a one-process run on the global batch. Text must then be padded to a fixed length.
+        """
         out = dict(batch)
         if self.text is not None and keys.INPUT_IDS in batch:
             ids = batch[keys.INPUT_IDS]
-            cpu = ids.cpu()
-            special = self.special[cpu]
+            special = self.special[ids.cpu()]
             if keys.ATTENTION_MASK in batch:
                 special |= ~batch[keys.ATTENTION_MASK].cpu().bool()
-            words = self.word_ids(cpu, special) if self.text.whole_word else None
+            full_ids, full_special = self._globalise(ids.cpu(), special, rank, world_size)
+            words = self.word_ids(full_ids, full_special) if self.text.whole_word else None
             masked = mask_tokens(
-                cpu, special, generator, self.mask_token_id, self.replacement_ids,
+                full_ids, full_special, generator, self.mask_token_id, self.replacement_ids,
                 self.text.probability, self.text.mask_replace, self.text.random_replace, words,
             )  # fmt: skip
-            out[keys.MLM_INPUT_IDS] = masked.input_ids.to(ids.device)
-            out[keys.MLM_LABELS] = masked.labels.to(ids.device)
+            rows = slice(rank * ids.shape[0], (rank + 1) * ids.shape[0])
+            out[keys.MLM_INPUT_IDS] = masked.input_ids[rows].to(ids.device)
+            out[keys.MLM_LABELS] = masked.labels[rows].to(ids.device)
         if self.patch is not None and keys.PIXEL_VALUES in batch:
             px = batch[keys.PIXEL_VALUES]
-            mask = self.patch(px.shape[0], generator)
-            out[keys.MIM_MASK] = mask.bool_masked_pos.to(px.device)
-            out[keys.IMAGE_KEEP_IDS] = mask.keep_ids.to(px.device)
+            B = px.shape[0]
+            mask = self.patch(B * world_size, generator)
+            rows = slice(rank * B, (rank + 1) * B)
+            out[keys.MIM_MASK] = mask.bool_masked_pos[rows].to(px.device)
+            out[keys.IMAGE_KEEP_IDS] = mask.keep_ids[rows].to(px.device)
         return out
+
+    def _globalise(
+        self, ids: torch.Tensor, special: torch.Tensor, rank: int, world_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Place the local rows `(B, T)` at their slot of an all-special `(world * B, T)` batch."""
+        if world_size == 1:
+            return ids, special
+        B, T = ids.shape
+        full_ids = ids.new_zeros(world_size * B, T)
+        full_special = special.new_ones(world_size * B, T)
+        full_ids[rank * B : (rank + 1) * B] = ids
+        full_special[rank * B : (rank + 1) * B] = special
+        return full_ids, full_special

@@ -39,11 +39,24 @@ class TextEmbedder(nn.Module):
         if position == "learned":
             self.position_embeddings = nn.Parameter(torch.zeros(max_len, dim))
         elif position == "sincos":
-            self.register_buffer("position_embeddings", sincos_1d(max_len, dim), persistent=False)
+            # Derived, so neither a parameter nor a buffer: a non-persistent buffer would come
+            # back uninitialised from transformers' meta-device from_pretrained.
+            self.position_embeddings = None
         else:
             raise ValueError(f"text position must be 'learned' or 'sincos', got {position!r}")
+        self.dim = dim
+        self._sincos: torch.Tensor | None = None  # built on first use, on the input's device
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
+
+    def positions(self, length: int, like: torch.Tensor) -> torch.Tensor:
+        """The first ``length`` rows of the position table `(length, D)`, on ``like``'s device."""
+        if self.position_embeddings is not None:
+            return self.position_embeddings[:length]
+        table = self._sincos
+        if table is None or table.device != like.device or table.dtype != like.dtype:
+            table = self._sincos = sincos_1d(self.max_len, self.dim).to(like)
+        return table[:length]
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Args:
@@ -62,5 +75,6 @@ class TextEmbedder(nn.Module):
                 f"text of {T} tokens is longer than the position table ({self.max_len}, "
                 "config max_text_len): truncate it in the tokenizer"
             )
-        x = self.word_embeddings(input_ids) + self.position_embeddings[:T]
+        x = self.word_embeddings(input_ids)
+        x = x + self.positions(T, x)
         return self.dropout(self.norm(x))

@@ -43,11 +43,15 @@ def test_save_load_round_trip_is_bit_exact(tmp_path: Path) -> None:
     assert (tmp_path / "model.safetensors").exists()
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "onetower"
 
+    ids_like = torch.zeros(1)
     for loaded in (OneTowerModel.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
         assert type(loaded) is OneTowerModel
         a, b = model.state_dict(), loaded.state_dict()
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a)
+        torch.testing.assert_close(
+            loaded.text.positions(7, ids_like), model.text.positions(7, ids_like)
+        )
         ids = torch.randint(0, 512, (2, 7))
         px = torch.randn(2, 3, 32, 32)
         assert torch.equal(model(input_ids=ids, pixel_values=px).last_hidden_state,

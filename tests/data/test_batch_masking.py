@@ -62,3 +62,23 @@ def test_whole_word_ids_follow_wordpiece_pieces(tokenizer) -> None:
         w += 0 if p.startswith("##") else 1
         expected.append(w)
     assert len(pieces) > 4 and words == expected and max(words) == 1  # 2 words, many pieces
+
+
+def test_sharded_masks_equal_the_global_batch_masks(tokenizer) -> None:
+    """Two processes masking their halves == one process masking the whole batch."""
+    masker = BatchMasker(
+        tokenizer, TextMasking(probability=0.4, whole_word=True), PatchMasking((4, 4), 0.5)
+    )
+    texts = [f"a small {c} circle left of a blue square" for c in ("red", "green", "yellow")] * 2
+    enc = tokenizer(texts, padding="max_length", max_length=20, return_tensors="pt")
+    full = {
+        keys.INPUT_IDS: enc["input_ids"],
+        keys.ATTENTION_MASK: enc["attention_mask"],
+        keys.PIXEL_VALUES: torch.zeros(6, 3, 32, 32),
+    }
+    whole = masker(full, step_generator(0, 3))
+    for rank in range(2):
+        part = {k: v[rank * 3 : (rank + 1) * 3] for k, v in full.items()}
+        mine = masker(part, step_generator(0, 3), rank=rank, world_size=2)
+        for key in (keys.MLM_INPUT_IDS, keys.MLM_LABELS, keys.MIM_MASK, keys.IMAGE_KEEP_IDS):
+            assert torch.equal(mine[key], whole[key][rank * 3 : (rank + 1) * 3]), key

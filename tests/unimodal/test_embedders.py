@@ -63,8 +63,8 @@ def test_text_embedder() -> None:
     ref = emb.word_embeddings.weight[ids[0]] + emb.position_embeddings[:3]
     torch.testing.assert_close(emb(ids)[0], ref)
     fixed = TextEmbedder(50, 16, max_len=6, position="sincos")
-    assert "position_embeddings" in dict(fixed.named_buffers())
-    assert "position_embeddings" not in fixed.state_dict()  # derived, never saved
+    assert not any("position" in k for k in fixed.state_dict())  # derived, never saved
+    torch.testing.assert_close(fixed.positions(4, ids.float()), sincos_1d(6, 16)[:4])
     with pytest.raises(ValueError, match="7 tokens is longer than the position table \\(6"):
         emb(torch.ones(1, 7, dtype=torch.long))
     with pytest.raises(ValueError, match="must be 'learned' or 'sincos'"):

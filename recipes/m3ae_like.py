@@ -1,0 +1,19 @@
+"""M3AE-style pretraining: one shared encoder on the visible tokens only, MAE-style decoder.
+
+75% of the image patches are dropped before the encoder (never encoded) and reconstructed as
+raw pixels by a light decoder that re-inserts mask tokens (image weight 1.0); text is masked
+at a high ratio and predicted by the tied MLM head (text weight 0.5, M3AE's README recipe).
+
+    accelerate launch recipes/m3ae_like.py [--config FILE] [key=value ...]
+"""
+
+import sys
+from pathlib import Path
+
+from onetower.training import PretrainConfig, load_config, pretrain
+from onetower.training.cli import run_recipe
+
+CONFIG = Path(__file__).parent / "configs" / "m3ae_like.yaml"
+
+if __name__ == "__main__":
+    run_recipe(lambda argv: pretrain(load_config(PretrainConfig, argv, CONFIG)), sys.argv[1:])

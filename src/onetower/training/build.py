@@ -1,0 +1,114 @@
+"""Build a run's pieces from its config: Accelerator, model, objectives, masking."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import GradientAccumulationPlugin, is_wandb_available
+from omegaconf import DictConfig, OmegaConf
+
+from onetower.configuration import OneTowerConfig
+from onetower.data.batch_masking import BatchMasker
+from onetower.data.collators import PatchMasking, TextMasking
+from onetower.modeling import OneTowerModel
+from onetower.objectives import ObjectiveComposer
+from onetower.training.config import ConfigError
+
+TRACKERS = ("tensorboard", "wandb", "none")
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+def make_accelerator(cfg: DictConfig) -> Accelerator:
+    """An Accelerator for the run: CPU (gloo when several processes) unless CUDA is there."""
+    t = cfg.train
+    if cfg.run.tracker not in TRACKERS:
+        raise ConfigError(f"run.tracker must be one of {TRACKERS}, got {cfg.run.tracker!r}")
+    if t.mixed_precision not in PRECISIONS:
+        raise ConfigError(
+            f"train.mixed_precision must be one of {PRECISIONS}, got {t.mixed_precision!r}"
+        )
+    if cfg.run.tracker == "wandb" and not is_wandb_available():
+        raise ConfigError("run.tracker=wandb but wandb is not installed (pip install wandb)")
+    if t.grad_accum < 1:
+        raise ConfigError(f"train.grad_accum must be >= 1, got {t.grad_accum}")
+    return Accelerator(
+        cpu=cfg.run.cpu or not torch.cuda.is_available(),
+        mixed_precision=t.mixed_precision,
+        # Several loaders feed one run, so one loader's end must not force a sync mid-accumulation.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=t.grad_accum, sync_with_dataloader=False
+        ),
+        log_with=None if cfg.run.tracker == "none" else cfg.run.tracker,
+        project_dir=cfg.run.output_dir,
+        # Exact resume needs a sampler whose order depends only on (seed, epoch).
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Unpaired batches run only some heads: the others get no gradient that step.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def build_model(cfg: DictConfig, tokenizer: Any) -> OneTowerModel:
+    """The encoder: ``model.init`` (a saved onetower model) or a new one from ``model.size``
+    plus any ``OneTowerConfig`` field, sized to the tokenizer and the data."""
+    fields = OmegaConf.to_container(cfg.model, resolve=True)
+    init = fields.pop("init", None)
+    size = fields.pop("size", None)
+    if init:
+        if fields or size:
+            raise ConfigError(
+                f"model.init={init!r} loads a saved model: drop model.{sorted(fields) or ['size']}"
+            )
+        model = OneTowerModel.from_pretrained(init)
+    else:
+        defaults = dict(
+            vocab_size=len(tokenizer), max_text_len=cfg.data.max_text_len,
+            image_size=cfg.data.image_size, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        try:
+            config = (
+                OneTowerConfig.from_size(size, **{**defaults, **fields})
+                if size
+                else OneTowerConfig(**{**defaults, **fields})
+            )
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model: {e}") from None
+        model = OneTowerModel(config)
+    c = model.config
+    if len(tokenizer) > c.vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model only {c.vocab_size}"
+        )
+    if cfg.data.max_text_len > c.max_text_len:
+        raise ConfigError(
+            f"data.max_text_len {cfg.data.max_text_len} > the model's max_text_len {c.max_text_len}"
+        )
+    if cfg.train.activation_checkpointing:
+        model.activation_checkpointing_enable()
+    return model
+
+
+def build_composer(cfg: DictConfig, model: OneTowerModel) -> ObjectiveComposer:
+    """The objective heads and their weights, from the ``objectives`` section."""
+    stanzas = OmegaConf.to_container(cfg.objectives, resolve=True)
+    try:
+        return ObjectiveComposer.from_config(model, stanzas, seed=cfg.run.seed)
+    except ValueError as e:
+        raise ConfigError(f"objectives: {e}") from None
+
+
+def build_masker(
+    cfg: DictConfig, tokenizer: Any, model: OneTowerModel, heads: set[str]
+) -> BatchMasker:
+    """Per-step MLM / MIM masking, for the heads that need it."""
+    d = cfg.data
+    text = TextMasking(d.mlm_probability, whole_word=d.whole_word_mask) if "mlm" in heads else None
+    patch = None
+    if "mim" in heads:
+        if not 0 < d.mask_ratio < 1:
+            raise ConfigError(
+                f"the mim objective needs 0 < data.mask_ratio < 1, got {d.mask_ratio}"
+            )
+        patch = PatchMasking(model.image.grid, d.mask_ratio, block=d.block_mask)
+    return BatchMasker(tokenizer, text, patch)

@@ -1,0 +1,111 @@
+"""Atomic, rotating training checkpoints on top of ``accelerator.save_state``.
+
+A checkpoint is written into ``<dir>/checkpoints/.step_<n>.tmp`` and renamed to
+``step_<n>`` only once every process has finished writing, so a run killed while saving
+leaves the previous checkpoint intact and loadable. Only the last ``keep`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+_STEP = re.compile(r"^step_(\d+)$")
+RUN_MARKER = "onetower_run.json"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under ``output_dir/checkpoints``, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.match(p.name)) and p.is_dir()
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step a checkpoint folder was written at."""
+    m = _STEP.match(Path(path).name)
+    if m is None:
+        raise ValueError(
+            f"{str(path)!r} is not a checkpoint folder (expected a name like step_100)"
+        )
+    return int(m.group(1))
+
+
+def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
+    """``None`` -> start fresh; ``"latest"`` -> newest complete checkpoint (None if there is
+    none); a path -> that checkpoint, which must exist."""
+    if not resume:
+        return None
+    if resume == "latest":
+        ckpts = list_checkpoints(output_dir)
+        return ckpts[-1] if ckpts else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"resume checkpoint {resume!r} does not exist")
+    checkpoint_step(path)
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, keep: int) -> Path:
+    """``save_state`` atomically as ``checkpoints/step_<step>``, then prune to the last ``keep``."""
+    root = Path(output_dir) / "checkpoints"
+    final = root / f"step_{step}"
+    tmp = root / f".step_{step}.tmp"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "COMPLETE").write_text(json.dumps({"step": step}))
+        if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
+            old = root / f".step_{step}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)  # atomic on one filesystem
+        for stale in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def claim_output_dir(
+    output_dir: str | Path, run_name: str, resuming: bool, overwrite: bool
+) -> None:
+    """Refuse to write into a folder that holds another run (nothing is overwritten).
+
+    A folder is ours if it is empty, or holds our marker for the same recipe and we resume.
+    """
+    out = Path(output_dir)
+    marker = out / RUN_MARKER
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        if not marker.is_file():
+            raise FileExistsError(
+                f"output dir {str(out)!r} is not empty and holds no onetower run: choose another "
+                "run.output_dir"
+            )
+        owner = json.loads(marker.read_text()).get("recipe")
+        if owner != run_name:
+            raise FileExistsError(
+                f"output dir {str(out)!r} holds a {owner!r} run, not {run_name!r}"
+            )
+        if not resuming:
+            raise FileExistsError(
+                f"output dir {str(out)!r} already holds a {owner!r} run: pass run.resume=latest to "
+                "continue it, run.overwrite=true to replace it, or choose another run.output_dir"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"recipe": run_name}))

@@ -1,0 +1,84 @@
+"""PNG outputs a person wants to look at: loss curves and MIM reconstructions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(history: dict[str, list[tuple[int, float]]], path: str | Path, title: str) -> Path:
+    """One panel per training loss (``loss``, ``mlm_loss``, ...), step on x; held-out values
+    (``eval/<name>``) are drawn as points on the panel of the same name.
+
+    Args:
+        history: series name -> [(step, value), ...].
+        path: where to write the PNG.
+        title: figure title (the recipe name).
+    """
+    plt = _pyplot()
+    names = [n for n, pts in history.items() if pts and n.endswith("loss") and "/" not in n]
+    cols = min(3, max(1, len(names)))
+    rows = max(1, -(-len(names) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        steps, values = zip(*history[name], strict=True)
+        ax.plot(steps, values, lw=1.2, label="train")
+        held = history.get(f"eval/{name}", [])
+        if held:
+            ax.plot(*zip(*held, strict=True), "o", color="C3", label="held-out")
+            ax.legend(fontsize=8)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_reconstructions(
+    images: torch.Tensor,
+    masked: torch.Tensor,
+    recon: torch.Tensor,
+    path: str | Path,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> Path:
+    """Rows of (original, masked input, reconstruction) images.
+
+    Args:
+        images, masked, recon: normalised pixels `(B, C, H, W)`.
+        path: where to write the PNG.
+        mean, std: the normalisation to undo for display.
+    """
+    plt = _pyplot()
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    cols = [(x.detach().float().cpu() * s + m).clamp(0, 1) for x in (images, masked, recon)]
+    B = images.shape[0]
+    fig, axes = plt.subplots(B, 3, figsize=(6, 2 * B), squeeze=False)
+    for b in range(B):
+        for c, (name, x) in enumerate(
+            zip(("image", "masked", "reconstruction"), cols, strict=True)
+        ):
+            axes[b, c].imshow(x[b].permute(1, 2, 0).numpy())  # (C, H, W) -> (H, W, C)
+            axes[b, c].axis("off")
+            if b == 0:
+                axes[b, c].set_title(name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

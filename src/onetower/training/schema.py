@@ -1,0 +1,95 @@
+"""The recipe config schema: every knob a pretraining run has, with its default.
+
+Sections ``model`` (fields of :class:`~onetower.OneTowerConfig` plus ``size`` and ``init``)
+and ``objectives`` (``{head: {weight: w, **options}}``) are open dicts checked by their owners;
+everything else is fixed here, so a typo is an error that names the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunSection:
+    recipe: str = "pretrain"  #: recipe name; an output dir is bound to one recipe
+    output_dir: str = "runs/pretrain"
+    seed: int = 0
+    resume: str | None = None  #: null | latest | path to a checkpoints/step_N folder
+    overwrite: bool = False  #: allow reusing an output dir of the same recipe from scratch
+    tracker: str = "tensorboard"  #: tensorboard | wandb | none
+    cpu: bool = False  #: force CPU even when CUDA is available
+
+
+@dataclass
+class SyntheticSection:
+    root: str = "runs/synthetic_world"
+    seed: int = 0
+    n_train: int = 2000
+    n_val: int = 200
+
+
+@dataclass
+class DataSection:
+    pairs: str | None = (
+        None  #: image-text pairs (imagefolder / JSONL / Parquet / tar); null = synthetic
+    )
+    texts: str | None = None  #: text-only source; null = the pairs' captions (when ratio > 0)
+    images: str | None = None  #: image-only source; null = the pairs' images (when ratio > 0)
+    val_pairs: str | None = None  #: held-out pairs; null = the synthetic validation split
+    tokenizer: str | None = None  #: local fast-tokenizer folder; null = the synthetic one
+    synthetic: SyntheticSection = field(default_factory=SyntheticSection)
+    ratios: dict[str, float] = field(default_factory=lambda: {"pairs": 1.0})
+    image_size: int = 64
+    max_text_len: int = 24
+    batch_size: int = 32  #: per process
+    num_workers: int = 0
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    mlm_probability: float = 0.15
+    whole_word_mask: bool = False
+    mask_ratio: float = 0.0  #: fraction of patches masked for MIM (0 = no image masking)
+    block_mask: bool = False  #: BEiT block-wise masking instead of random patches
+    max_bad_fraction: float = 0.05
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 1000  #: optimizer steps
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    grad_clip: float = 1.0  #: 0 = off
+    grad_accum: int = 1
+    mixed_precision: str = "no"  #: no | bf16 | fp16
+    log_every: int = 10
+    eval_every: int = 0  #: 0 = only at the end
+    save_every: int = 0  #: 0 = only the final model
+    keep_last: int = 2
+    stop_at: int = (
+        0  #: end early at this step with a checkpoint, as a preempted job would (0 = never)
+    )
+    compile: bool = False
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class EvalSection:
+    max_samples: int = 200  #: held-out pairs used for losses, retrieval and colour-word MLM
+    batch_size: int = 50
+    reconstructions: int = 6  #: MIM recipes: images in the reconstruction grid
+
+
+@dataclass
+class PretrainConfig:
+    run: RunSection = field(default_factory=RunSection)
+    model: dict[str, Any] = field(default_factory=lambda: {"size": "tiny"})
+    objectives: dict[str, Any] = field(default_factory=dict)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)

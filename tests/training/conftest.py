@@ -1,0 +1,39 @@
+"""Helpers for in-process recipe runs at toy scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+CONFIGS = RECIPES / "configs"
+
+
+def debug_config(recipe: str, tmp_path: Path, *overrides: str, world: Path | None = None):
+    """The recipe's debug config with its output (and synthetic world) under tmp."""
+    from onetower.training import PretrainConfig, load_config
+
+    world = world or tmp_path / "world"
+    argv = ["--config", str(CONFIGS / "debug" / f"{recipe}.yaml"),
+            f"run.output_dir={tmp_path / recipe}", f"data.synthetic.root={world}", *overrides]  # fmt: skip
+    return load_config(PretrainConfig, argv)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each run builds its own Accelerator; accelerate keeps a process-wide singleton."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+@pytest.fixture(scope="session")
+def worlds(tmp_path_factory):
+    """``worlds(n_train)``: a toy synthetic world folder per training-set size, shared by the
+    tests that use that size (written on first use; a world folder is bound to its spec)."""
+    root = tmp_path_factory.mktemp("worlds")
+    return lambda n_train: root / f"world_{n_train}"
