@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -33,8 +34,12 @@ def make_accelerator(cfg: DictConfig) -> Accelerator:
         raise ConfigError("run.tracker=wandb but wandb is not installed (pip install wandb)")
     if t.grad_accum < 1:
         raise ConfigError(f"train.grad_accum must be >= 1, got {t.grad_accum}")
+    cpu = cfg.run.cpu or not torch.cuda.is_available()
+    if cpu:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        torch.set_num_threads(cfg.run.cpu_threads or max(1, (os.cpu_count() or 1) // local))
     return Accelerator(
-        cpu=cfg.run.cpu or not torch.cuda.is_available(),
+        cpu=cpu,
         mixed_precision=t.mixed_precision,
         # Several loaders feed one run, so one loader's end must not force a sync mid-accumulation.
         gradient_accumulation_plugin=GradientAccumulationPlugin(

@@ -12,11 +12,9 @@ positions saved in each checkpoint, a resumed run is bit-identical to an uninter
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from accelerate.utils import set_seed
@@ -86,7 +84,7 @@ def pretrain(cfg: DictConfig) -> RunResult:
     optimizer = build_optimizer(composer, t.lr, t.weight_decay, tuple(t.betas), t.eps)
     scheduler = build_scheduler(optimizer, t.warmup_steps, t.max_steps, t.min_lr_ratio)
     if t.compile:
-        model.encoder = torch.compile(model.encoder)
+        model.encoder.compile()  # in place: parameter names (and checkpoints) stay the same
 
     # prepare (the scheduler is stepped by hand once per optimizer step, so it is registered
     # for checkpointing instead of prepared: a prepared one steps num_processes times)
@@ -178,7 +176,3 @@ def _evaluate(cfg, accelerator, core, masker, data, colour_ids, state) -> dict[s
         accelerator.log(metrics, step=state.step)
     accelerator.wait_for_everyone()
     return metrics
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, default=str))

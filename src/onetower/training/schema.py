@@ -20,6 +20,9 @@ class RunSection:
     overwrite: bool = False  #: allow reusing an output dir of the same recipe from scratch
     tracker: str = "tensorboard"  #: tensorboard | wandb | none
     cpu: bool = False  #: force CPU even when CUDA is available
+    #: CPU threads per process; 0 = this machine's cores / local processes (accelerate launch
+    #: would otherwise leave a CPU run without --cpu on one thread)
+    cpu_threads: int = 0
 
 
 @dataclass
