@@ -65,10 +65,11 @@ class BatchMasker:
     ) -> dict:
         """Return a copy of ``batch`` with masking keys added (tensors on the batch's device).
 
-        With ``world_size > 1`` the batch is this process's rows ``[rank * B, (rank + 1) * B)``
-        of a global batch: the random draws are made for the whole global batch (from the same
-        generator on every process) and this process keeps its rows, so the masks equal those
-        of a one-process run on the global batch. Text must then be padded to a fixed length.
+        With ``world_size > 1`` the batch is slot ``rank`` (rows ``[rank * B, (rank + 1) * B)``)
+        of a global batch of ``world_size`` equal slots: the random draws are made for the
+        whole global batch (from the same generator in every slot) and each slot keeps its
+        rows, so the masks equal those of one pass over the global batch. Slots are processes
+        and / or gradient-accumulation micro-batches. Text must be padded to a fixed length.
         """
         out = dict(batch)
         if self.text is not None and keys.INPUT_IDS in batch:

@@ -5,8 +5,8 @@ Top to bottom: config -> Accelerator -> build (data, model, objectives, optimise
 evaluate, checkpoint) -> final model, plots and a summary.
 
 Every random choice of a step is a function of ``(seed, step, rank)``: the source of the
-batch, its MLM / MIM masks (drawn for the global batch, so 1 and N processes see the same
-masks), ITM negatives and patch dropout. With the seedable sampler and the per-source
+batch, its MLM / MIM masks (drawn for the global batch, so 1 or N processes, with or without
+gradient accumulation, see the same masks), ITM negatives and patch dropout. With the seedable sampler and the per-source
 positions saved in each checkpoint, a resumed run is bit-identical to an uninterrupted one.
 """
 
@@ -113,7 +113,10 @@ def pretrain(cfg: DictConfig) -> RunResult:
         for micro in range(t.grad_accum):
             micro_step = state.step * t.grad_accum + micro
             _, batch = stream.next(micro_step)
-            batch = masker(batch, step_generator(cfg.run.seed, micro_step), rank, world)
+            # masks are drawn for the whole optimizer step's batch (every micro-batch of every
+            # process) and sliced, so 1 process, N processes and accumulation see the same masks
+            slot, slots = micro * world + rank, t.grad_accum * world
+            batch = masker(batch, step_generator(cfg.run.seed, state.step), slot, slots)
             # ITM negatives and patch dropout: per (step, rank), so a resume redraws them
             heads_gen = step_generator(cfg.run.seed + 1, micro_step, rank)
             with accelerator.accumulate(composer):
