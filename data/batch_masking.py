@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from onetower.data import keys
 from onetower.data.collators import PatchMasking, TextMasking
-from onetower.data.masking import mask_tokens
+from onetower.data.masking import keep_ids_from_mask, mask_tokens
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -29,6 +29,8 @@ class BatchMasker:
         tokenizer: the fast tokenizer the batch was made with.
         text: token masking settings, or None for no MLM keys.
         patch: patch masking settings, or None for no MIM keys.
+        drop_text: also give ``text_keep_ids``: the selected tokens are to be dropped from the
+            encoder (M3AE), not replaced; padding is dropped too.
     """
 
     def __init__(
@@ -36,8 +38,9 @@ class BatchMasker:
         tokenizer: PreTrainedTokenizerBase,
         text: TextMasking | None = None,
         patch: PatchMasking | None = None,
+        drop_text: bool = False,
     ) -> None:
-        self.text, self.patch = text, patch
+        self.text, self.patch, self.drop_text = text, patch, drop_text
         self.mask_token_id = tokenizer.mask_token_id
         vocab = tokenizer.get_vocab()
         size = max(vocab.values()) + 1
@@ -86,6 +89,11 @@ class BatchMasker:
             rows = slice(rank * ids.shape[0], (rank + 1) * ids.shape[0])
             out[keys.MLM_INPUT_IDS] = masked.input_ids[rows].to(ids.device)
             out[keys.MLM_LABELS] = masked.labels[rows].to(ids.device)
+            if self.drop_text:
+                gone = (masked.labels[rows] != -100) | ~batch.get(
+                    keys.ATTENTION_MASK, torch.ones_like(ids)
+                ).cpu().bool()
+                out[keys.TEXT_KEEP_IDS] = keep_ids_from_mask(gone).to(ids.device)
         if self.patch is not None and keys.PIXEL_VALUES in batch:
             px = batch[keys.PIXEL_VALUES]
             B = px.shape[0]

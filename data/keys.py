@@ -21,5 +21,8 @@ MLM_LABELS = "mlm_labels"
 MIM_MASK = "bool_masked_pos"
 #: long `(B, Nk)` indices of the visible patches, for visible-only encoding (-1 = padding).
 IMAGE_KEEP_IDS = "image_keep_ids"
+#: long `(B, Tk)` positions of the text tokens to encode when masked tokens are dropped
+#: (M3AE), ascending, -1 = padding; the [CLS] at position 0 is always kept.
+TEXT_KEEP_IDS = "text_keep_ids"
 #: long `(B,)` id of each sample's image, so duplicates are not treated as negatives.
 IMAGE_IDS = "image_ids"

@@ -26,6 +26,7 @@ from onetower.objectives.contrastive import (
 from onetower.objectives.distributed import gather_with_grad
 from onetower.objectives.itm import ITMHead
 from onetower.objectives.itm_negatives import NegativePairs, hard_negatives, random_negatives
+from onetower.objectives.m3ae import M3AEHead
 from onetower.objectives.mim import MIMHead
 from onetower.objectives.mim_decoder import MAEDecoder, MaskTokenPredictor, reinsert_mask_tokens
 from onetower.objectives.mim_targets import MIMTarget, PixelTarget, TokenTarget
@@ -47,6 +48,7 @@ __all__ = [
     "ContrastiveHead",
     "ContrastiveResult",
     "ITMHead",
+    "M3AEHead",
     "MAEDecoder",
     "MIMHead",
     "MIMTarget",

@@ -126,11 +126,14 @@ class ObjectiveComposer(nn.Module):
 
     def _view_options(self) -> ViewOptions:
         """Collect how views are built from optional head attributes: ``masking`` (MIM),
+        ``text_masking == "drop"`` (M3AE),
         ``patch_dropout`` (contrastive), ``negatives`` + ``sampler_views`` (ITM)."""
         opts = ViewOptions()
         for head in self.heads.values():
             if hasattr(head, "masking"):
                 opts.mim_masking = head.masking
+            if getattr(head, "text_masking", None) == "drop":
+                opts.drop_text = True
             if getattr(head, "patch_dropout", 0.0):
                 opts.patch_dropout = head.patch_dropout
             if hasattr(head, "negatives"):

@@ -71,6 +71,12 @@ class MIMHead(nn.Module):
         has_mask = keys.MIM_MASK in batch or keys.IMAGE_KEEP_IDS in batch
         return keys.PIXEL_VALUES in batch and has_mask
 
+    def pixels(self, out: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Predictions for every patch `(B, N, out_dim)` (pixels with a pixel target)."""
+        return self.output(
+            self.predictor(out.tokens("image_patches"), out.image_keep_ids, out.image_grid)
+        )
+
     def forward(self, views: Mapping[str, Any], batch: Mapping[str, Any]) -> ObjectiveOutput:
         """Args:
             views: ``{"masked_pair": EncoderOutput}`` with a masked image stream.

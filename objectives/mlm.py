@@ -36,6 +36,8 @@ class MLMHead(nn.Module):
 
     views = (MASKED_PAIR,)
     modalities = frozenset({"text"})
+    #: masked tokens are replaced ([MASK] / random / kept) in the encoder input
+    text_masking = "replace"
 
     def __init__(self, embedding: nn.Embedding, eps: float = 1e-12) -> None:
         super().__init__()

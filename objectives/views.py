@@ -49,9 +49,12 @@ class ViewOptions:
         patch_dropout: FLIP patch-drop fraction for the ``image`` view in training.
         negatives: draws the ITM negatives: ``(batch, views, generator) -> NegativePairs``.
         sampler_views: views ``negatives`` reads.
+        drop_text: encode only the kept text tokens (``TEXT_KEEP_IDS``, M3AE) in
+            ``masked_pair`` instead of the [MASK]-corrupted text.
     """
 
     mim_masking: str | None = None
+    drop_text: bool = False
     patch_dropout: float = 0.0
     negatives: Callable[..., NegativePairs] | None = None
     sampler_views: tuple[str, ...] = field(default_factory=tuple)
@@ -113,8 +116,11 @@ class StepViews:
 
     def _masked_pair(self) -> EncoderOutput:
         b, args = self.batch, {}
-        text_key = keys.MLM_INPUT_IDS if keys.MLM_INPUT_IDS in b else keys.INPUT_IDS
-        args.update(self._text_args(text_key))
+        if self.options.drop_text and keys.TEXT_KEEP_IDS in b:
+            args.update(self._text_args(keys.INPUT_IDS), text_keep_ids=b[keys.TEXT_KEEP_IDS])
+        else:
+            text_key = keys.MLM_INPUT_IDS if keys.MLM_INPUT_IDS in b else keys.INPUT_IDS
+            args.update(self._text_args(text_key))
         if keys.PIXEL_VALUES in b:
             args["pixel_values"] = b[keys.PIXEL_VALUES]
             keep, mask = b.get(keys.IMAGE_KEEP_IDS), b.get(keys.MIM_MASK)

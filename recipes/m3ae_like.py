@@ -1,8 +1,8 @@
 """M3AE-style pretraining: one shared encoder on the visible tokens only, MAE-style decoder.
 
-75% of the image patches are dropped before the encoder (never encoded) and reconstructed as
-raw pixels by a light decoder that re-inserts mask tokens (image weight 1.0); text is masked
-at a high ratio and predicted by the tied MLM head (text weight 0.5, M3AE's README recipe).
+75% of the image patches and of the text tokens are dropped before the encoder (never
+encoded); one light joint decoder re-inserts mask tokens in both streams and reconstructs the
+raw pixels (image weight 1.0) and the tokens (text weight 0.5, M3AE's README recipe).
 
     accelerate launch recipes/m3ae_like.py [--config FILE] [key=value ...]
 """

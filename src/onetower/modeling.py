@@ -129,6 +129,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_keep_ids: torch.Tensor | None = None,
+        text_keep_ids: torch.Tensor | None = None,
         bool_masked_pos: torch.Tensor | None = None,
         patch_attention_mask: torch.Tensor | None = None,
         image_segment: int = IMAGE_SEGMENT,
@@ -144,6 +145,8 @@ class OneTowerModel(OneTowerPreTrainedModel):
             pixel_values: `(B, C, H, W)`, or None for text-only.
             image_keep_ids: long `(B, Nk)` patch indices to encode (visible-only encoding;
                 -1 = padding slot). None = every patch in grid order.
+            text_keep_ids: long `(B, Tk)` ascending positions of the text tokens to encode
+                (M3AE drops masked tokens; -1 = padding slot). Position 0 ([CLS]) must be kept.
             bool_masked_pos: bool `(B, N)` patches replaced by the mask token (BEiT / FLAVA).
             patch_attention_mask: bool `(B, N)` over the full patch grid, True = may be
                 attended (padded images); gathered by ``image_keep_ids`` when both are given.
@@ -182,11 +185,15 @@ class OneTowerModel(OneTowerPreTrainedModel):
                 raise ValueError(
                     f"attention_mask has shape {tuple(valid.shape)}, input_ids {tuple(input_ids.shape)}"
                 )
+            if text_keep_ids is not None:  # drop after the positions are added, like patches
+                x, valid = self._keep_text(x, valid, text_keep_ids)
             if self.text_tower is not None:
                 unimodal["text"], x = self.text_tower(x, valid)
             parts.append(x + seg[TEXT_SEGMENT])
             masks.append(valid)
-            segments.append(torch.full_like(input_ids[0], TEXT_SEGMENT))
+            segments.append(
+                torch.full((x.shape[1],), TEXT_SEGMENT, device=x.device, dtype=torch.long)
+            )
             slices["text"] = slice(0, x.shape[1])
             cls_positions["text"] = 0
 
@@ -234,10 +241,21 @@ class OneTowerModel(OneTowerPreTrainedModel):
             modality_slices=slices,
             cls_positions=cls_positions,
             image_keep_ids=image_keep_ids,
+            text_keep_ids=text_keep_ids,
             image_grid=grid,
             unimodal_states=unimodal,
             hidden_states=hidden,
         )
+
+    @staticmethod
+    def _keep_text(
+        x: torch.Tensor, valid: torch.Tensor | None, keep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather the kept text tokens: `(B, T, D)` -> `(B, Tk, D)` and their mask `(B, Tk)`."""
+        index = keep.clamp(min=0)
+        kept = torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, Tk, D)
+        slot = keep >= 0
+        return kept, slot if valid is None else slot & torch.gather(valid, 1, index)
 
     def _patch_valid(
         self,

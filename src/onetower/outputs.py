@@ -31,6 +31,8 @@ class EncoderOutput:
             absent when that stream has none.
         image_keep_ids: long `(B, Nk)` indices (into the full patch grid) of the patches that
             were encoded, -1 for padding; None when every patch was encoded in grid order.
+        text_keep_ids: long `(B, Tk)` positions of the encoded text tokens (-1 = padding) when
+            masked text tokens were dropped (M3AE); None when every token was encoded.
         image_grid: ``(h, w)`` patch grid of the input image, or None without an image.
         unimodal_states: per-modality tower outputs `(B, L_m, D)` before fusion (FLAVA style),
             keyed ``"text"`` / ``"image"``; empty when the model has no towers.
@@ -44,6 +46,7 @@ class EncoderOutput:
     modality_slices: dict[str, slice]
     cls_positions: dict[str, int]
     image_keep_ids: torch.Tensor | None = None
+    text_keep_ids: torch.Tensor | None = None
     image_grid: tuple[int, int] | None = None
     unimodal_states: dict[str, torch.Tensor] = field(default_factory=dict)
     hidden_states: tuple[torch.Tensor, ...] | None = None

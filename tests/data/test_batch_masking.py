@@ -82,3 +82,15 @@ def test_sharded_masks_equal_the_global_batch_masks(tokenizer) -> None:
         mine = masker(part, step_generator(0, 3), rank=rank, world_size=2)
         for key in (keys.MLM_INPUT_IDS, keys.MLM_LABELS, keys.MIM_MASK, keys.IMAGE_KEEP_IDS):
             assert torch.equal(mine[key], whole[key][rank * 3 : (rank + 1) * 3]), key
+
+
+def test_drop_text_keeps_cls_and_unselected_real_tokens(tokenizer) -> None:
+    masker = BatchMasker(tokenizer, TextMasking(probability=0.75), drop_text=True)
+    batch = batch_of(tokenizer, ["a small red circle left of a blue square", "red"])
+    out = masker(batch, step_generator(2, 0))
+    keep, labels = out[keys.TEXT_KEEP_IDS], out[keys.MLM_LABELS]
+    real = batch[keys.ATTENTION_MASK].bool()
+    for b in range(2):
+        kept = [t for t in keep[b].tolist() if t >= 0]
+        expected = [t for t in range(real.shape[1]) if real[b, t] and labels[b, t] == -100]
+        assert kept == expected and kept[0] == 0  # ascending, [CLS] first, no padding

@@ -9,6 +9,7 @@ import torch
 
 from onetower import OneTowerConfig, OneTowerModel
 from onetower.data import keys
+from onetower.data.masking import keep_ids_from_mask
 
 VOCAB, T, IMG, PATCH = 512, 16, 32, 8
 N_PATCHES = (IMG // PATCH) ** 2
@@ -42,6 +43,7 @@ def make_batch(
         b[keys.INPUT_IDS], b[keys.ATTENTION_MASK] = ids, mask
         b[keys.MLM_INPUT_IDS] = torch.where(selected, torch.full_like(ids, 4), ids)
         b[keys.MLM_LABELS] = torch.where(selected, ids, torch.full_like(ids, -100))
+        b[keys.TEXT_KEEP_IDS] = keep_ids_from_mask(selected | ~mask.bool())  # M3AE: dropped
     if image:
         b[keys.PIXEL_VALUES] = torch.randn(batch_size, 3, IMG, IMG, generator=g)
         order = torch.rand(batch_size, N_PATCHES, generator=g).argsort(1)

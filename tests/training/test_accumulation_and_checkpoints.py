@@ -16,7 +16,7 @@ from .conftest import debug_config
 
 # MIM only at a fixed ratio: every micro-batch has the same number of targets, so the mean of
 # the two micro-batch losses is exactly the loss of the whole batch.
-MIM_ONLY = ("objectives.mlm.weight=0", "train.max_steps=4", "data.synthetic.n_train=16")
+MIM_ONLY = ("objectives.m3ae.text_weight=0", "train.max_steps=4", "data.synthetic.n_train=16")
 
 
 def test_two_micro_batches_equal_one_batch(tmp_path: Path, worlds) -> None:

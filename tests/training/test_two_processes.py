@@ -23,7 +23,7 @@ from .conftest import CONFIGS, RECIPES, debug_config
 # MIM with visible-only encoding at a fixed ratio: every sample has the same number of masked
 # patches, so the mean of the two ranks' losses IS the global-batch loss, and DDP's gradient
 # average equals the one-process gradient. (Per-rank means over unequal MLM counts would not.)
-OVERRIDES = ("objectives.mlm.weight=0", "train.max_steps=6", "train.log_every=1",
+OVERRIDES = ("objectives.m3ae.text_weight=0", "train.max_steps=6", "train.log_every=1",
              "data.synthetic.n_train=32")  # fmt: skip
 
 

@@ -103,17 +103,15 @@ def build_composer(cfg: DictConfig, model: OneTowerModel) -> ObjectiveComposer:
         raise ConfigError(f"objectives: {e}") from None
 
 
-def build_masker(
-    cfg: DictConfig, tokenizer: Any, model: OneTowerModel, heads: set[str]
-) -> BatchMasker:
-    """Per-step MLM / MIM masking, for the heads that need it."""
+def build_masker(cfg: DictConfig, tokenizer: Any, model: OneTowerModel, heads: dict) -> BatchMasker:
+    """Per-step masking for what the heads declare: ``text_masking`` ("replace": BERT
+    corruption, "drop": M3AE removes the tokens) and ``masking`` (any image masking)."""
     d = cfg.data
-    text = TextMasking(d.mlm_probability, whole_word=d.whole_word_mask) if "mlm" in heads else None
+    text_modes = {getattr(h, "text_masking", None) for h in heads.values()} - {None}
+    text = TextMasking(d.mlm_probability, whole_word=d.whole_word_mask) if text_modes else None
     patch = None
-    if "mim" in heads:
+    if any(hasattr(h, "masking") for h in heads.values()):
         if not 0 < d.mask_ratio < 1:
-            raise ConfigError(
-                f"the mim objective needs 0 < data.mask_ratio < 1, got {d.mask_ratio}"
-            )
+            raise ConfigError(f"image masking needs 0 < data.mask_ratio < 1, got {d.mask_ratio}")
         patch = PatchMasking(model.image.grid, d.mask_ratio, block=d.block_mask)
-    return BatchMasker(tokenizer, text, patch)
+    return BatchMasker(tokenizer, text, patch, drop_text="drop" in text_modes)

@@ -80,7 +80,7 @@ def pretrain(cfg: DictConfig) -> RunResult:
     data = build_data(cfg, accelerator)
     model = build_model(cfg, data.tokenizer)
     composer = build_composer(cfg, model)
-    masker = build_masker(cfg, data.tokenizer, model, set(composer.heads))
+    masker = build_masker(cfg, data.tokenizer, model, dict(composer.heads))
     optimizer = build_optimizer(composer, t.lr, t.weight_decay, tuple(t.betas), t.eps)
     scheduler = build_scheduler(optimizer, t.warmup_steps, t.max_steps, t.min_lr_ratio)
     if t.compile:

@@ -41,9 +41,12 @@ def reconstructions(
 ) -> Path | None:
     """MIM recipes with pixel targets: a PNG of images, their masked input and the
     reconstruction (visible patches pasted back, as MAE shows it)."""
-    head = core.heads["mim"] if "mim" in core.heads else None
-    if head is None or not isinstance(head.target, PixelTarget) or masker.patch is None:
+    heads = [
+        h for h in core.heads.values() if hasattr(h, "pixels") and isinstance(h.target, PixelTarget)
+    ]
+    if not heads or masker.patch is None:
         return None
+    head = heads[0]
     n = cfg.eval.reconstructions
     batch, _ = next(eval_batches(data.val, data.tokenizer, cfg.data.max_text_len, n, n))
     batch = {k: v.to(core.model.device) for k, v in batch.items()}
@@ -51,9 +54,7 @@ def reconstructions(
     was = core.training
     core.eval()
     out = StepViews(core.model, batch, core.view_options, core.generator)["masked_pair"]
-    pred = head.output(
-        head.predictor(out.tokens("image_patches"), out.image_keep_ids, out.image_grid)
-    )
+    pred = head.pixels(out, batch)  # (B, N, P*P*C)
     core.train(was)
     P, grid = core.model.config.patch_size, out.image_grid
     images = batch[keys.PIXEL_VALUES].float()
@@ -146,4 +147,4 @@ def replicas_identical(accelerator: Accelerator, core: ObjectiveComposer) -> boo
 def _masker_for(core: ObjectiveComposer, cfg: DictConfig, data: Any) -> Any:
     from onetower.training.build import build_masker
 
-    return build_masker(cfg, data.tokenizer, core.model, set(core.heads))
+    return build_masker(cfg, data.tokenizer, core.model, dict(core.heads))
