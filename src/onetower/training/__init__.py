@@ -2,8 +2,9 @@
 
 from onetower.training.checkpoint import list_checkpoints, resolve_resume, save_checkpoint
 from onetower.training.config import ConfigError, flatten, load_config, save_config
-from onetower.training.loop import RunResult, TrainState, pretrain
+from onetower.training.loop import TrainState, pretrain
 from onetower.training.optim import build_optimizer, build_scheduler, param_groups
+from onetower.training.report import RunResult
 from onetower.training.schema import PretrainConfig
 
 __all__ = [

@@ -61,10 +61,12 @@ def resolve_sources(cfg: DictConfig, accelerator: Accelerator) -> tuple[dict[str
     }
     if paths["pairs"] is None or paths["val_pairs"] is None or paths["tokenizer"] is None:
         s = d.synthetic
+        # one folder per spec under the root, so recipes with other image sizes coexist
+        name = f"seed{s.seed}_{s.n_train}+{s.n_val}_{d.image_size}px_len{d.max_text_len}"
         with accelerator.main_process_first():
             world = ensure_synthetic_world(
-                s.root, seed=s.seed, n_train=s.n_train, n_val=s.n_val, image_size=d.image_size,
-                text_length=d.max_text_len,
+                Path(s.root) / name, seed=s.seed, n_train=s.n_train, n_val=s.n_val,
+                image_size=d.image_size, text_length=d.max_text_len,
             )  # fmt: skip
         paths["pairs"] = paths["pairs"] or str(world.split_dir("train"))
         paths["val_pairs"] = paths["val_pairs"] or str(world.split_dir("validation"))

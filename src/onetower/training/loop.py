@@ -29,7 +29,7 @@ from onetower.training.config import flatten, save_config
 from onetower.training.data import MixedStream, build_data
 from onetower.training.evaluate import evaluate
 from onetower.training.optim import build_optimizer, build_scheduler
-from onetower.training.report import finish_run
+from onetower.training.report import RunResult, finish_run
 
 
 @dataclass
@@ -49,19 +49,6 @@ class TrainState:
     def record(self, values: dict[str, float]) -> None:
         for k, v in values.items():
             self.history.setdefault(k, []).append((self.step, float(v)))
-
-
-@dataclass
-class RunResult:
-    """What a finished run returns (and writes to ``metrics.json``)."""
-
-    output_dir: Path
-    final_model: Path
-    steps: int
-    metrics: dict[str, float]
-    history: dict[str, list[tuple[int, float]]]
-    summary: str
-    files: dict[str, Path] = field(default_factory=dict)
 
 
 def pretrain(cfg: DictConfig) -> RunResult:
@@ -163,7 +150,9 @@ def pretrain(cfg: DictConfig) -> RunResult:
 
     metrics = _evaluate(cfg, accelerator, core, masker, data, colour_ids, state)
     train_seconds = time.perf_counter() - start
-    result = finish_run(cfg, accelerator, core, data, state, metrics, train_seconds, start_step)
+    result = finish_run(
+        cfg, accelerator, core, masker, data, state, metrics, train_seconds, start_step
+    )
     accelerator.end_training()
     return result
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,19 @@ from onetower.objectives import ObjectiveComposer, PixelTarget, StepViews
 from onetower.training.evaluate import EVAL_SEED, eval_batches
 from onetower.training.plots import plot_losses, plot_reconstructions
 from onetower.unimodal import patchify, unpatchify
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns (and writes to ``metrics.json``)."""
+
+    output_dir: Path
+    final_model: Path
+    steps: int
+    metrics: dict[str, float]
+    history: dict[str, list[tuple[int, float]]]
+    summary: str
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def save_final_model(model: Any, tokenizer: Any, out_dir: Path) -> Path:
@@ -102,11 +116,10 @@ def summarise(cfg: DictConfig, metrics: dict[str, float], history: dict, steps: 
     return "; ".join(p for p in parts if p) + "."
 
 
-def finish_run(cfg: DictConfig, accelerator: Accelerator, core: ObjectiveComposer, data: Any, state: Any,
-               metrics: dict[str, float], seconds: float, start_step: int):  # fmt: skip
+def finish_run(cfg: DictConfig, accelerator: Accelerator, core: ObjectiveComposer, masker: Any,
+               data: Any, state: Any, metrics: dict[str, float], seconds: float,
+               start_step: int) -> RunResult:  # fmt: skip
     """Write the final model, plots and metrics on the main process; print the summary."""
-    from onetower.training.loop import RunResult
-
     out_dir = Path(cfg.run.output_dir)
     final, files, summary = out_dir / "final", {}, ""
     sps = [v for _, v in state.history.get("samples_per_s", [])]
@@ -114,7 +127,6 @@ def finish_run(cfg: DictConfig, accelerator: Accelerator, core: ObjectiveCompose
     if accelerator.is_main_process:
         final = save_final_model(core.model, data.tokenizer, out_dir)
         files["losses"] = plot_losses(state.history, out_dir / "losses.png", cfg.run.recipe)
-        masker = _masker_for(core, cfg, data)
         recon = reconstructions(core, masker, data, cfg, out_dir / "reconstructions.png")
         if recon is not None:
             files["reconstructions"] = recon
@@ -142,9 +154,3 @@ def replicas_identical(accelerator: Accelerator, core: ObjectiveComposer) -> boo
         torch.stack([flat.sum(), (flat * flat).sum()])[None].to(accelerator.device)
     )
     return bool((prints == prints[0]).all())
-
-
-def _masker_for(core: ObjectiveComposer, cfg: DictConfig, data: Any) -> Any:
-    from onetower.training.build import build_masker
-
-    return build_masker(cfg, data.tokenizer, core.model, dict(core.heads))
