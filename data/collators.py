@@ -25,6 +25,11 @@ from onetower.data.masking import (
 )
 
 
+def _decoded(samples: Sequence[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The samples that decoded (skipped ones are None); empty when the whole batch was bad."""
+    return [s for s in samples if s is not None]
+
+
 @dataclass
 class TextMasking:
     """BERT token masking settings (see ``masking.mask_tokens``)."""
@@ -145,8 +150,7 @@ class TextCollator:
         return batch
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
-        samples = [s for s in samples if s is not None]
-        if not samples:  # every sample of the batch was skipped
+        if not (samples := _decoded(samples)):
             return {}
         return self.text_batch([s["text"] for s in samples], self.rng.get())
 
@@ -174,8 +178,7 @@ class ImageCollator:
         return batch
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
-        samples = [s for s in samples if s is not None]
-        if not samples:  # every sample of the batch was skipped
+        if not (samples := _decoded(samples)):
             return {}
         return self.image_batch(samples, self.rng.get())
 
@@ -197,8 +200,7 @@ class PairCollator:
         self.rng = WorkerGenerator(seed)
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
-        samples = [s for s in samples if s is not None]
-        if not samples:  # every sample of the batch was skipped
+        if not (samples := _decoded(samples)):
             return {}
         gen = self.rng.get()
         batch = self.text.text_batch([s["text"] for s in samples], gen)

@@ -47,8 +47,7 @@ def questions(scene: Scene, rng: random.Random, k: int = 3) -> list[QA]:
     rng.shuffle(kinds)
     for kind in kinds:
         if kind == "colour":
-            unique = [o for o in scene.objects if scene.count(shape=o.shape) == 1]
-            if not unique:
+            if not (unique := [o for o in scene.objects if scene.count(shape=o.shape) == 1]):
                 continue
             o = rng.choice(unique)
             q = QA(
@@ -78,8 +77,7 @@ def questions(scene: Scene, rng: random.Random, k: int = 3) -> list[QA]:
                 _annotate(truth, YES_NO, rng),
             )
         else:
-            unique = [o for o in scene.objects if scene.count(colour=o.colour) == 1]
-            if not unique:
+            if not (unique := [o for o in scene.objects if scene.count(colour=o.colour) == 1]):
                 continue
             o = rng.choice(unique)
             q = QA(

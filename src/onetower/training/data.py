@@ -74,17 +74,16 @@ def resolve_sources(cfg: DictConfig, accelerator: Accelerator) -> tuple[dict[str
     return paths, paths["tokenizer"]
 
 
-def _source(name: str, paths: dict[str, str | None]) -> Source:
+def _source(name: str, paths: dict[str, str | None], pairs: Source) -> Source:
+    """One training source; unpaired sources default to the pairs' captions or images."""
     if name == "pairs":
-        return load_pairs(paths["pairs"], split="train")
+        return pairs
     if name == "texts":
         if paths["texts"]:
             return load_texts(paths["texts"])
-        pairs = load_pairs(paths["pairs"], split="train")  # the captions alone
         return Source(pairs.dataset, "text", None, pairs.text_column, pairs.base_dir)
     if paths["images"]:
         return load_images(paths["images"])
-    pairs = load_pairs(paths["pairs"], split="train")  # the images alone
     return Source(pairs.dataset, "image", pairs.image_column, None, pairs.base_dir)
 
 
@@ -111,10 +110,11 @@ def build_data(cfg: DictConfig, accelerator: Accelerator) -> DataBundle:
         "texts": TextCollator(tokenizer, d.max_text_len, seed=seed, pad_to_max_length=True),
         "images": ImageCollator(seed=seed),
     }
+    pairs = load_pairs(paths["pairs"], split="train")  # read once, shared by unpaired sources
     loaders = {}
     for name in ratios:
         dataset = build_dataset(
-            _source(name, paths), train_tf if name != "texts" else None, counter, seed
+            _source(name, paths, pairs), train_tf if name != "texts" else None, counter, seed
         )
         loaders[name] = torch.utils.data.DataLoader(
             dataset, batch_size=d.batch_size, shuffle=True, drop_last=True,
