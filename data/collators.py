@@ -25,7 +25,7 @@ from onetower.data.masking import (
 )
 
 
-def _decoded(samples: Sequence[dict[str, Any] | None]) -> list[dict[str, Any]]:
+def drop_skipped(samples: Sequence[dict[str, Any] | None]) -> list[dict[str, Any]]:
     """The samples that decoded (skipped ones are None); empty when the whole batch was bad."""
     return [s for s in samples if s is not None]
 
@@ -150,7 +150,7 @@ class TextCollator:
         return batch
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
-        if not (samples := _decoded(samples)):
+        if not (samples := drop_skipped(samples)):
             return {}
         return self.text_batch([s["text"] for s in samples], self.rng.get())
 
@@ -178,7 +178,7 @@ class ImageCollator:
         return batch
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
-        if not (samples := _decoded(samples)):
+        if not (samples := drop_skipped(samples)):
             return {}
         return self.image_batch(samples, self.rng.get())
 
@@ -200,7 +200,7 @@ class PairCollator:
         self.rng = WorkerGenerator(seed)
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
-        if not (samples := _decoded(samples)):
+        if not (samples := drop_skipped(samples)):
             return {}
         gen = self.rng.get()
         batch = self.text.text_batch([s["text"] for s in samples], gen)

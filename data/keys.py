@@ -26,3 +26,11 @@ IMAGE_KEEP_IDS = "image_keep_ids"
 TEXT_KEEP_IDS = "text_keep_ids"
 #: long `(B,)` id of each sample's image, so duplicates are not treated as negatives.
 IMAGE_IDS = "image_ids"
+
+# Fine-tuning tasks
+#: VQA: float `(B, A)` soft answer scores; NLVR2: long `(B,)` class (1 = true).
+LABELS = "labels"
+#: long `(B,)` VQA question ids (for the results file).
+QUESTION_IDS = "question_ids"
+#: long `(B,)` row index of each example in its split (NLVR2 predictions).
+EXAMPLE_INDEX = "example_index"

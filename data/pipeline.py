@@ -48,6 +48,7 @@ class SampleDecoder:
                 raise ValueError("an image source needs an image_transform")
             sample["pixel_values"] = self.transform(image, key)
             sample["image_id"] = key
+        sample.update({c: row[c] for c in src.extra_columns})
         return sample
 
     def set_epoch(self, epoch: int) -> None:

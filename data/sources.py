@@ -37,6 +37,8 @@ class Source:
         image_column / text_column: the columns to read (None when the kind has none).
         base_dir: folder that relative image paths are resolved against.
         key_column: column giving a stable per-image key (file path, tar key, or id).
+        extra_columns: columns copied unchanged into each sample (task fields such as VQA
+            question ids and answer targets).
     """
 
     dataset: HFData
@@ -45,6 +47,7 @@ class Source:
     text_column: str | None = "text"
     base_dir: Path | None = None
     key_column: str | None = None
+    extra_columns: tuple[str, ...] = ()
 
     @property
     def streaming(self) -> bool:

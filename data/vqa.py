@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import datasets
+import torch
 
+from onetower.data import keys
+from onetower.data.collators import TextCollator, drop_skipped
 from onetower.data.sources import Source
 
 
@@ -57,6 +61,33 @@ def read_vqa(root: str | Path, subtype: str = "train2014") -> Source:
     return Source(ds, "pairs", "image", "question", base_dir=root, key_column="image_id")
 
 
+def check_images(
+    rows: datasets.Dataset, base_dir: str | Path, image_columns: Sequence[str], id_column: str
+) -> None:
+    """Fail early, naming the rows, when image files referenced by ``rows`` are missing.
+
+    A VQA / NLVR2 split whose images were not all downloaded would otherwise train on a
+    silently smaller set (or, at evaluation, score fewer questions than the split has).
+
+    Raises:
+        FileNotFoundError: lists up to five missing files with the ids of their rows.
+    """
+    base, ids = Path(base_dir), rows[id_column]
+    missing: list[str] = []
+    n = 0
+    for column in image_columns:
+        for path, ident in zip(rows[column], ids, strict=True):
+            if not (base / path).is_file():
+                n += 1
+                if len(missing) < 5:
+                    missing.append(f"{id_column} {ident}: {base / path}")
+    if n:
+        raise FileNotFoundError(
+            f"{n} image file(s) referenced by the annotations are missing, e.g. "
+            + "; ".join(missing)
+        )
+
+
 def answer_vocab(answer_lists: Iterable[list[str]], min_count: int = 9) -> list[str]:
     """Answers that occur for at least ``min_count`` questions, most frequent first.
 
@@ -70,3 +101,57 @@ def answer_vocab(answer_lists: Iterable[list[str]], min_count: int = 9) -> list[
 def soft_targets(answers: list[str], vocab_index: dict[str, int]) -> dict[int, float]:
     """Soft target per in-vocabulary answer: ``vqa_score(#annotators who gave it)``."""
     return {vocab_index[a]: vqa_score(n) for a, n in Counter(answers).items() if a in vocab_index}
+
+
+def add_targets(
+    source: Source, vocab: Sequence[str], drop_unanswerable: bool, normalize: Any = None
+) -> Source:
+    """Attach soft answer targets to each question (``target_ids``, ``target_scores``).
+
+    Args:
+        source: from :func:`read_vqa`.
+        vocab: the answer vocabulary (label index = position).
+        drop_unanswerable: drop questions with no in-vocabulary answer (ViLT's training rule;
+            keep them for evaluation, where they simply score 0).
+        normalize: optional ``str -> str`` applied to each annotator answer first (e.g. the
+            official VQA normalisation), so targets match a vocabulary built the same way.
+    """
+    index = {a: i for i, a in enumerate(vocab)}
+
+    def targets(row: dict) -> dict:
+        answers = [normalize(a) for a in row["answers"]] if normalize else row["answers"]
+        t = soft_targets(answers, index)
+        return {"target_ids": list(t), "target_scores": list(t.values())}
+
+    ds = source.dataset.map(targets)
+    if drop_unanswerable:
+        ds = ds.filter(lambda n: len(n) > 0, input_columns="target_ids")
+    extra = ("question_id", "target_ids", "target_scores")
+    return Source(ds, "pairs", source.image_column, source.text_column, source.base_dir,
+                  source.key_column, extra)  # fmt: skip
+
+
+class VQACollator:
+    """Question + image batches with dense soft targets for BCE.
+
+    Gives ``input_ids``, ``attention_mask``, ``pixel_values``, ``question_ids`` and, when the
+    samples carry targets, ``labels`` float `(B, A)`.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, num_answers: int) -> None:
+        self.text = TextCollator(tokenizer, max_length)
+        self.num_answers = num_answers
+        self.generator = torch.Generator()  # text_batch's argument; only MLM draws from it
+
+    def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
+        if not (samples := drop_skipped(samples)):
+            return {}
+        batch = self.text.text_batch([s["text"] for s in samples], self.generator)
+        batch[keys.PIXEL_VALUES] = torch.stack([s["pixel_values"] for s in samples])
+        batch[keys.QUESTION_IDS] = torch.tensor([s["question_id"] for s in samples])
+        if "target_ids" in samples[0]:
+            labels = torch.zeros(len(samples), self.num_answers)
+            for row, s in enumerate(samples):
+                labels[row, s["target_ids"]] = torch.tensor(s["target_scores"], dtype=torch.float)
+            batch[keys.LABELS] = labels
+        return batch

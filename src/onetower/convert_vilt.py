@@ -28,6 +28,10 @@ import torch
 
 from onetower.configuration import OneTowerConfig
 from onetower.modeling import OneTowerModel
+from onetower.task_models import (
+    OneTowerForImagesAndTextClassification,
+    OneTowerForQuestionAnswering,
+)
 
 
 def vilt_config_to_onetower(vilt_config: Any, **overrides: Any) -> OneTowerConfig:
@@ -110,9 +114,23 @@ def convert_vilt_state_dict(
     return out
 
 
-def convert_vilt_to_onetower(vilt: Any, **config_overrides: Any) -> OneTowerModel:
-    """Convert a ``transformers`` ``ViltModel`` (or any ``ViltFor*`` model; its ``.vilt`` is
-    used and task heads are ignored) into an equivalent :class:`OneTowerModel`.
+#: ViLT task classes with an onetower equivalent (same head layout: ``classifier.{0,1,3}``).
+TASK_CLASSES = {
+    "ViltForQuestionAnswering": OneTowerForQuestionAnswering,
+    "ViltForImagesAndTextClassification": OneTowerForImagesAndTextClassification,
+}
+
+
+def convert_vilt_to_onetower(
+    vilt: Any, encoder_only: bool = False, **config_overrides: Any
+) -> OneTowerModel | OneTowerForQuestionAnswering | OneTowerForImagesAndTextClassification:
+    """Convert a ``transformers`` ViLT model into the equivalent onetower model.
+
+    ``ViltForQuestionAnswering`` gives :class:`OneTowerForQuestionAnswering` and
+    ``ViltForImagesAndTextClassification`` (NLVR2) gives
+    :class:`OneTowerForImagesAndTextClassification`, heads and ``id2label`` included, so
+    predictions match. ``ViltModel``, any other ``ViltFor*`` model, or ``encoder_only=True``
+    gives the :class:`OneTowerModel` encoder (task heads ignored).
     """
     base = getattr(vilt, "vilt", vilt)
     if type(base).__name__ != "ViltModel":
@@ -124,18 +142,35 @@ def convert_vilt_to_onetower(vilt: Any, **config_overrides: Any) -> OneTowerMode
     missing, unexpected = model.load_state_dict(converted, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"ViLT conversion left missing={missing} unexpected={unexpected}")
-    return model.to(next(base.parameters()).dtype)
+    model = model.to(next(base.parameters()).dtype)
+    task = TASK_CLASSES.get(type(vilt).__name__)
+    if task is None or encoder_only:
+        return model
+    labels = getattr(vilt.config, "id2label", None) or {
+        i: f"LABEL_{i}" for i in range(vilt.config.num_labels)
+    }
+    if task is OneTowerForImagesAndTextClassification and vilt.config.num_images != 2:
+        raise ValueError(
+            f"NLVR2 models with num_images=2 are supported, got {vilt.config.num_images}"
+        )
+    out = task.from_encoder(model, labels)
+    out.classifier.load_state_dict(vilt.classifier.state_dict())
+    return out.to(model.dtype)
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: convert a local ViLT checkpoint folder into a onetower checkpoint folder."""
-    from transformers import ViltModel
+    import transformers
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="folder (or Hub id, when online) of a transformers ViLT checkpoint")
     p.add_argument("dst", help="output folder for the onetower checkpoint")
+    p.add_argument("--encoder-only", action="store_true", help="drop a VQA / NLVR2 head")
     args = p.parse_args(argv)
-    model = convert_vilt_to_onetower(ViltModel.from_pretrained(args.src))
+    # the checkpoint's own class (from config.architectures), so VQA / NLVR2 heads come along
+    arch = (transformers.AutoConfig.from_pretrained(args.src).architectures or ["ViltModel"])[0]
+    cls = getattr(transformers, arch if arch.startswith("Vilt") else "ViltModel")
+    model = convert_vilt_to_onetower(cls.from_pretrained(args.src), encoder_only=args.encoder_only)
     model.save_pretrained(args.dst)
     print(f"wrote {args.dst}")
 

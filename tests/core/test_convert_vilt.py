@@ -5,9 +5,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import ViltConfig, ViltForQuestionAnswering, ViltModel
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoModelForVisualQuestionAnswering,
+    ViltConfig,
+    ViltForImagesAndTextClassification,
+    ViltForQuestionAnswering,
+    ViltModel,
+)
 
-from onetower import convert_vilt_to_onetower
+from onetower import (
+    OneTowerForImagesAndTextClassification,
+    OneTowerForQuestionAnswering,
+    OneTowerModel,
+    convert_vilt_to_onetower,
+)
 from onetower.convert_vilt import convert_vilt_state_dict
 
 ATOL = 1e-5
@@ -62,9 +74,49 @@ def test_vilt_parity(segments: int, image_segment: int) -> None:
     torch.testing.assert_close(out.tokens("image_patches"), theirs, atol=ATOL, rtol=0)
 
 
+def test_vqa_model_converts_with_its_head_and_reloads(tmp_path) -> None:
+    labels = {0: "yes", 1: "no", 2: "2", 3: "red", 4: "cat"}
+    qa = ViltForQuestionAnswering(vilt_config(id2label=labels)).eval()
+    ours = convert_vilt_to_onetower(qa).eval()
+    assert isinstance(ours, OneTowerForQuestionAnswering) and ours.config.id2label == labels
+    ids = torch.randint(0, 300, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # padding
+    px = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = qa(input_ids=ids, attention_mask=mask, pixel_values=px).logits
+        got = ours(input_ids=ids, attention_mask=mask, pixel_values=px).logits
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    ours.save_pretrained(tmp_path)
+    back = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path).eval()
+    assert type(back) is OneTowerForQuestionAnswering and back.config.id2label == labels
+    with torch.no_grad():
+        assert torch.equal(back(input_ids=ids, attention_mask=mask, pixel_values=px).logits, got)
+
+
+def test_nlvr2_model_converts_with_its_head_and_reloads(tmp_path) -> None:
+    cfg = vilt_config(modality_type_vocab_size=3, num_images=2, id2label={0: "False", 1: "True"})
+    nlvr2 = ViltForImagesAndTextClassification(cfg).eval()
+    ours = convert_vilt_to_onetower(nlvr2).eval()
+    assert isinstance(ours, OneTowerForImagesAndTextClassification)
+    ids = torch.randint(0, 300, (4, 6))
+    px = torch.randn(4, 2, 3, 32, 32)
+    with torch.no_grad():
+        ref = nlvr2(input_ids=ids, pixel_values=px).logits
+        got = ours(input_ids=ids, pixel_values=px).logits
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    ours.save_pretrained(tmp_path)
+    back = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(back) is OneTowerForImagesAndTextClassification
+    with torch.no_grad():
+        assert torch.equal(back(input_ids=ids, pixel_values=px).logits, got)
+    assert type(convert_vilt_to_onetower(nlvr2, encoder_only=True)) is OneTowerModel
+
+
 def test_task_model_base_is_converted_and_bad_inputs_are_named() -> None:
     qa = ViltForQuestionAnswering(vilt_config(num_labels=5)).eval()
-    ours = convert_vilt_to_onetower(qa).eval()
+    ours = convert_vilt_to_onetower(qa, encoder_only=True).eval()
     ids = torch.randint(0, 300, (2, 6))
     px = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

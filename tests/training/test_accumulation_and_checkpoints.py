@@ -47,7 +47,7 @@ def test_a_save_killed_midway_leaves_the_last_checkpoint(
             raise KeyboardInterrupt
         return real_save(accelerator, output_dir, step, keep)
 
-    monkeypatch.setattr("onetower.training.loop.save_checkpoint", dies_while_saving)
+    monkeypatch.setattr("onetower.training.steps.save_checkpoint", dies_while_saving)
     with pytest.raises(KeyboardInterrupt):
         pretrain(debug_config("vilt_like", tmp_path, *cfg[:2], "train.save_every=6", "run.resume=latest",
                               world=worlds(16)))  # fmt: skip

@@ -7,17 +7,22 @@ from pathlib import Path
 import pytest
 
 from onetower.training import ConfigError, PretrainConfig, load_config, pretrain
+from onetower.training.schema import FinetuneConfig
 
 from .conftest import CONFIGS, debug_config
 
 
 def test_every_config_loads_and_names_its_recipe() -> None:
     files = sorted(CONFIGS.rglob("*.yaml"))
-    assert len(files) >= 8
+    assert len(files) >= 12
     for path in files:
-        cfg = load_config(PretrainConfig, ["--config", str(path)])
+        if path.stem.startswith("finetune_"):
+            cfg = load_config(FinetuneConfig, ["--config", str(path)])
+            assert cfg.task.name == path.stem.removeprefix("finetune_"), path
+        else:
+            cfg = load_config(PretrainConfig, ["--config", str(path)])
+            assert cfg.objectives, path
         assert cfg.run.recipe == path.stem, path
-        assert cfg.objectives, path
 
 
 def test_unknown_keys_are_named_with_a_suggestion() -> None:

@@ -12,20 +12,29 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "position_embeddings", "logit_scale")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split trainable parameters into a decayed and a non-decayed group."""
-    decay, no_decay = [], []
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    lr: float | None = None,
+    head_prefixes: tuple[str, ...] = (),
+    head_lr_mult: float = 1.0,
+) -> list[dict]:
+    """Split trainable parameters into decayed / non-decayed groups; with ``head_prefixes``,
+    the parameters whose names start with one get ``lr * head_lr_mult`` (ViLT fine-tunes its
+    new task head at 10x the encoder's lr)."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or any(n in name for n in NO_DECAY_NAMES) or "norm" in name.lower():
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        no_decay = p.ndim <= 1 or any(n in name for n in NO_DECAY_NAMES) or "norm" in name.lower()
+        groups.setdefault((name.startswith(head_prefixes), no_decay), []).append(p)
+    out = []
+    for (head, no_decay), params in sorted(groups.items()):
+        group = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if head and lr is not None:
+            group["lr"] = lr * head_lr_mult
+        out.append(group)
+    return out
 
 
 def build_optimizer(
@@ -35,13 +44,14 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.98),
     eps: float = 1e-8,
     fused: bool | None = None,
+    head_prefixes: tuple[str, ...] = (),
+    head_lr_mult: float = 1.0,
 ) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`; ``fused=None`` uses the fused kernel on CUDA only."""
     if fused is None:
         fused = all(p.is_cuda for p in model.parameters())
-    return torch.optim.AdamW(
-        param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, fused=fused or None
-    )
+    groups = param_groups(model, weight_decay, lr, head_prefixes, head_lr_mult)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
 
 
 def build_scheduler(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from omegaconf import DictConfig
 from onetower.data import keys
 from onetower.data.batch_masking import step_generator
 from onetower.objectives import ObjectiveComposer, PixelTarget, StepViews
+from onetower.processing import OneTowerProcessor
 from onetower.training.evaluate import EVAL_SEED, eval_batches
 from onetower.training.plots import plot_losses, plot_reconstructions
+from onetower.training.retrieval import save_heads
 from onetower.unimodal import patchify, unpatchify
 
 
@@ -34,19 +37,34 @@ class RunResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def save_final_model(model: Any, tokenizer: Any, out_dir: Path) -> Path:
+def save_final_model(
+    model: Any, tokenizer: Any, out_dir: Path, extra: Callable[[Path], Any] | None = None
+) -> Path:
     """``save_pretrained`` into ``out_dir/final`` via a temporary folder and a rename, so an
-    interrupted save never replaces a good model with a half-written one."""
+    interrupted save never replaces a good model with a half-written one. ``extra(folder)``
+    writes more files (e.g. the processor) into the folder before the rename."""
     final, tmp, old = out_dir / "final", out_dir / ".final.tmp", out_dir / ".final.old"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(str(tmp))
+    if extra is not None:
+        extra(tmp)
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_extras(folder: Path, core: ObjectiveComposer, tokenizer: Any, cfg: DictConfig) -> None:
+    """What goes with the encoder in ``final/``: the objective heads (retrieval and zero-shot
+    evaluation need them) and the processor (tokenizer + eval image transform)."""
+    save_heads(core, folder)
+    c = core.model.config
+    processor = OneTowerProcessor.from_config(tokenizer, c.image_size, cfg.data.max_text_len,
+                                              mean=list(cfg.data.mean), std=list(cfg.data.std))  # fmt: skip
+    processor.save_pretrained(str(folder))
 
 
 @torch.no_grad()
@@ -125,7 +143,9 @@ def finish_run(cfg: DictConfig, accelerator: Accelerator, core: ObjectiveCompose
     sps = [v for _, v in state.history.get("samples_per_s", [])]
     identical = replicas_identical(accelerator, core)
     if accelerator.is_main_process:
-        final = save_final_model(core.model, data.tokenizer, out_dir)
+        # the heads go with the encoder: retrieval / zero-shot evaluation needs them
+        final = save_final_model(core.model, data.tokenizer, out_dir,
+                                 lambda folder: save_extras(folder, core, data.tokenizer, cfg))  # fmt: skip
         files["losses"] = plot_losses(state.history, out_dir / "losses.png", cfg.run.recipe)
         recon = reconstructions(core, masker, data, cfg, out_dir / "reconstructions.png")
         if recon is not None:

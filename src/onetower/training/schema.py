@@ -96,3 +96,82 @@ class PretrainConfig:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
+
+
+# --- fine-tuning (recipes/finetune_vqa.py, recipes/finetune_nlvr2.py) ---
+
+
+@dataclass
+class TaskSection:
+    name: str = "vqa"  #: vqa | nlvr2
+    train_split: str | None = None  #: null = train2014 (VQA) / train (NLVR2)
+    eval_splits: list[str] | None = None  #: null = [val2014] (VQA) / [dev] (NLVR2)
+    min_answer_count: int = 9  #: VQA vocabulary: answers given for >= this many questions
+    head_lr_mult: float = 10.0  #: the new head's lr = train.lr x this (ViLT: 10)
+
+
+@dataclass
+class TaskSyntheticSection:
+    root: str = "runs/synthetic_world"
+    seed: int = 0
+    vqa_train: int = 500  #: images (3 questions each)
+    vqa_val: int = 100
+    nlvr2_train: int = 500  #: image pairs (one statement each)
+    nlvr2_val: int = 100
+
+
+@dataclass
+class TaskDataSection:
+    root: str | None = None  #: the task's files (VQA v2 / NLVR2 layout); null = synthetic
+    tokenizer: str | None = None  #: null = the one saved with ``init``, else the synthetic one
+    synthetic: TaskSyntheticSection = field(default_factory=TaskSyntheticSection)
+    batch_size: int = 32  #: per process
+    num_workers: int = 0
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    max_bad_fraction: float = 0.05
+
+
+@dataclass
+class TaskEvalSection:
+    batch_size: int = 64
+    max_samples: int = 0  #: per eval split; 0 = all
+
+
+@dataclass
+class FinetuneConfig:
+    #: a saved onetower model: a pretrained encoder (a new head is added) or a task model of
+    #: this task (fine-tuned further; with train.max_steps=0, only evaluated). null = random init
+    init: str | None = None
+    run: RunSection = field(default_factory=RunSection)
+    #: random init only (init=null): ``size`` plus any ``OneTowerConfig`` field
+    model: dict[str, Any] = field(default_factory=lambda: {"size": "tiny"})
+    task: TaskSection = field(default_factory=TaskSection)
+    data: TaskDataSection = field(default_factory=TaskDataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: TaskEvalSection = field(default_factory=TaskEvalSection)
+
+
+# --- zero-shot evaluation of a pretraining run (recipes/evaluate.py) ---
+
+
+@dataclass
+class ZeroShotSection:
+    #: imagefolder / JSONL of images with a label column; null = the synthetic held-out
+    #: images whose caption names a single shape, labelled with it; "none" = skip
+    images: str | None = None
+    label_column: str = "label"
+    classes: list[str] | None = None  #: null = every label found
+    templates: list[str] = field(default_factory=lambda: ["a small {}", "a large {}"])
+
+
+@dataclass
+class EvaluateConfig:
+    run_dir: str = "runs/flava_like"  #: a finished pretraining run (config.yaml + final/)
+    pairs: str | None = None  #: held-out pairs; null = the run's own held-out pairs
+    max_samples: int = 1000  #: pairs in the retrieval gallery
+    batch_size: int = 100
+    itm_rerank_k: int = 0  #: re-rank each query's top k with the ITM head (0 = off)
+    zero_shot: ZeroShotSection = field(default_factory=ZeroShotSection)
+    output: str | None = None  #: metrics JSON; null = <run_dir>/eval_metrics.json

@@ -1,0 +1,290 @@
+"""Zero-shot evaluation of a pretrained model with its objective heads.
+
+- image-text retrieval R@1/5/10 both ways from the contrastive embeddings, optionally with the
+  top-k re-ranked by the ITM head (ALBEF / BLIP style);
+- zero-shot classification: each class name is put into prompt templates, the text
+  embeddings are averaged over templates (CLIP's prompt ensembling), and each image takes the
+  class of its nearest class embedding.
+
+A pretraining run saves its heads (``objectives.safetensors``) next to the encoder in
+``final/``, so these work from the run folder alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+
+from onetower.data import (
+    SHAPES,
+    PairCollator,
+    build_dataset,
+    build_image_transform,
+    keys,
+    load_images,
+    load_pairs,
+    load_tokenizer,
+)
+from onetower.modeling import OneTowerModel
+from onetower.objectives import ObjectiveComposer, StepViews, ViewOptions
+from onetower.objectives.contrastive import image_features, text_features
+from onetower.training.build import build_composer
+from onetower.training.config import ConfigError
+
+HEADS_FILE = "objectives.safetensors"
+
+
+def save_heads(composer: ObjectiveComposer, folder: Path) -> Path:
+    """Write the heads' own weights (tensors shared with the encoder, such as the MLM decoder
+    tied to the token embedding, are left to the encoder's file)."""
+    shared = {p.data_ptr() for p in composer.model.parameters()}
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in composer.heads.state_dict().items()
+        if v.data_ptr() not in shared
+    }
+    save_file(state, str(folder / HEADS_FILE))
+    return folder / HEADS_FILE
+
+
+def load_pretrained_run(run_dir: str | Path) -> tuple[DictConfig, ObjectiveComposer, Any]:
+    """Rebuild a finished pretraining run: its config, the composer (encoder from ``final/``
+    plus the saved heads) in eval mode, and the tokenizer.
+
+    Raises:
+        FileNotFoundError: the run folder lacks ``config.yaml``, ``final/`` or the heads file.
+        ValueError: the heads file does not fit the heads the config builds.
+    """
+    run, final = Path(run_dir), Path(run_dir) / "final"
+    for need in (run / "config.yaml", final / "config.json", final / HEADS_FILE):
+        if not need.exists():
+            raise FileNotFoundError(f"{run} is not a finished pretraining run: {need} is missing")
+    cfg = OmegaConf.load(run / "config.yaml")
+    model = OneTowerModel.from_pretrained(str(final))
+    composer = build_composer(cfg, model)
+    state = load_file(str(final / HEADS_FILE))
+    missing, unexpected = composer.heads.load_state_dict(state, strict=False)
+    tied = {k for k, v in composer.heads.state_dict().items()
+            if v.data_ptr() in {p.data_ptr() for p in model.parameters()}}  # fmt: skip
+    if unexpected or set(missing) - tied:
+        raise ValueError(
+            f"{final / HEADS_FILE} does not fit the heads of {run / 'config.yaml'}: "
+            f"missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return cfg, composer.eval(), load_tokenizer(str(final))
+
+
+def _need(composer: ObjectiveComposer, head: str, what: str) -> Any:
+    if head not in composer.heads:
+        raise ConfigError(
+            f"{what} needs the {head!r} head; this run trained {sorted(composer.heads)}"
+        )
+    return composer.heads[head]
+
+
+@torch.no_grad()
+def embed_pairs(composer: ObjectiveComposer, batches: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised contrastive embeddings ``(image (N, E), text (N, E))`` of paired batches."""
+    head = _need(composer, "contrastive", "retrieval")
+    images, texts = [], []
+    for batch in batches:
+        views = StepViews(composer.model, batch, ViewOptions(), composer.generator)
+        img, txt = head.embed(views["text"], views["image"])
+        images.append(img.float())
+        texts.append(txt.float())
+    return torch.cat(images), torch.cat(texts)
+
+
+@torch.no_grad()
+def embed_texts(composer: ObjectiveComposer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """L2-normalised contrastive text embeddings `(B, E)`."""
+    head = _need(composer, "contrastive", "zero-shot classification")
+    views = StepViews(composer.model, batch, ViewOptions(), composer.generator)
+    return F.normalize(head.text_proj(text_features(views["text"])).float(), dim=-1)
+
+
+@torch.no_grad()
+def embed_images(composer: ObjectiveComposer, pixels: torch.Tensor) -> torch.Tensor:
+    """L2-normalised contrastive image embeddings `(B, E)`."""
+    head = _need(composer, "contrastive", "zero-shot classification")
+    views = StepViews(
+        composer.model, {keys.PIXEL_VALUES: pixels}, ViewOptions(), composer.generator
+    )
+    return F.normalize(head.image_proj(image_features(views["image"])).float(), dim=-1)
+
+
+def recall_at_k(
+    i2t: torch.Tensor,
+    t2i: torch.Tensor,
+    captions: list[str],
+    ks: tuple[int, ...] = (1, 5, 10),
+) -> dict[str, float]:
+    """R@K both ways, for N pairs where pair i is image i and caption i.
+
+    Args:
+        i2t: `(N images, N texts)` scores; t2i: `(N texts, N images)` scores (the transpose
+            for a symmetric similarity; differs after re-ranking).
+        captions: the N captions. A hit is a retrieved caption identical to the true one, so
+            duplicate captions (common in synthetic data) are not misses.
+
+    Returns:
+        Percentages ``i2t_r1`` ... ``t2i_r10``.
+    """
+    n = len(captions)
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    cap = torch.tensor([ids[c] for c in captions], device=i2t.device)  # (N,) caption class
+    out = {}
+    for name, scores in (("i2t", i2t), ("t2i", t2i)):
+        order = scores.argsort(dim=1, descending=True)  # (N, N)
+        hit = cap[order] == cap[:, None]  # (N, N) retrieved caption equals the true one
+        first = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(cap, n))
+        for k in ks:
+            out[f"{name}_r{k}"] = 100.0 * float((first < k).float().mean())
+    return out
+
+
+@torch.no_grad()
+def itm_rerank(
+    composer: ObjectiveComposer, sim: torch.Tensor, batches: list[dict], k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(i2t, t2i)`` scores where each query's top ``k`` by the image x text ``sim`` `(N, N)`
+    are re-ordered by the ITM head's matched-minus-unmatched logit, above the other
+    candidates, which keep their contrastive order."""
+    head = _need(composer, "itm", "ITM re-ranking")
+    ids = torch.cat([b[keys.INPUT_IDS] for b in batches])
+    mask = torch.cat([b[keys.ATTENTION_MASK] for b in batches])
+    pixels = torch.cat([b[keys.PIXEL_VALUES] for b in batches])
+    k = min(k, sim.shape[1])
+
+    def itm(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        out = composer.model(input_ids=ids[txt], attention_mask=mask[txt], pixel_values=pixels[img])
+        logits = head.classifier(out.pooler_output).float()  # (M, 2)
+        return logits[:, 1] - logits[:, 0]
+
+    ranked = []
+    for scores in (sim, sim.t()):
+        top = scores.topk(k, dim=1).indices  # (N, k)
+        rows = torch.arange(scores.shape[0])[:, None].expand_as(top)
+        pairs = (rows.flatten(), top.flatten())
+        img, txt = pairs if scores is sim else pairs[::-1]
+        rerank = torch.cat(
+            [itm(img[i : i + 256], txt[i : i + 256]) for i in range(0, len(img), 256)]
+        )
+        # re-ranked candidates sit above every other candidate, ordered by ITM
+        out = scores - scores.max() - 1 - rerank.abs().max()
+        out[rows, top] = rerank.view_as(top)
+        ranked.append(out)
+    return ranked[0], ranked[1]
+
+
+@torch.no_grad()
+def zero_shot_classify(
+    composer: ObjectiveComposer,
+    tokenizer: Any,
+    max_len: int,
+    pixels: torch.Tensor,
+    labels: list[str],
+    classes: list[str],
+    templates: list[str],
+) -> dict[str, float]:
+    """Accuracy (%) of nearest-class-embedding classification, overall and per class."""
+    if any("{}" not in t for t in templates):
+        raise ConfigError(f"every template needs a '{{}}' for the class name: {templates}")
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise ConfigError(f"labels {unknown[:5]} are not among the classes {classes}")
+    prompts = [t.format(c) for c in classes for t in templates]
+    enc = tokenizer(prompts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    txt = embed_texts(
+        composer, {keys.INPUT_IDS: enc["input_ids"], keys.ATTENTION_MASK: enc["attention_mask"]}
+    )
+    class_emb = F.normalize(txt.view(len(classes), len(templates), -1).mean(1), dim=-1)  # (C, E)
+    img = torch.cat(
+        [embed_images(composer, pixels[i : i + 128]) for i in range(0, len(pixels), 128)]
+    )
+    pred = (img @ class_emb.t()).argmax(1)  # (N,)
+    truth = torch.tensor([classes.index(y) for y in labels])
+    out = {"zero_shot_acc": 100.0 * float((pred == truth).float().mean()),
+           "zero_shot_chance": 100.0 / len(classes)}  # fmt: skip
+    for i, c in enumerate(classes):
+        if (sel := truth == i).any():
+            out[f"zero_shot_acc/{c}"] = 100.0 * float((pred[sel] == i).float().mean())
+    return out
+
+
+def _held_out(cfg: DictConfig, run_cfg: DictConfig) -> tuple[Any, Path | None]:
+    """The held-out pairs source and, for the synthetic world, its folder."""
+    from accelerate import PartialState
+
+    from onetower.training.data import resolve_sources
+
+    if cfg.pairs is not None:
+        if not Path(cfg.pairs).exists():
+            raise FileNotFoundError(f"pairs: {cfg.pairs!r} does not exist")
+        return load_pairs(cfg.pairs, split="validation"), None
+    paths, _ = resolve_sources(run_cfg, PartialState())
+    return load_pairs(paths["val_pairs"], split="validation"), Path(paths["val_pairs"])
+
+
+def _zero_shot_set(cfg: DictConfig, pairs: Any, transform: Any, n: int) -> tuple[Any, list[str]]:
+    """``(dataset of images, labels)`` for zero-shot classification."""
+    z = cfg.zero_shot
+    if z.images is not None:
+        src = load_images(z.images, split="validation")
+        if z.label_column not in src.dataset.column_names:
+            raise ConfigError(f"zero_shot.images has no {z.label_column!r} column")
+        src = replace(src, extra_columns=(z.label_column,))
+        ds = build_dataset(src, transform)
+        samples = [s for s in (ds[i] for i in range(min(n, len(ds)))) if s is not None]
+        return samples, [str(s[z.label_column]) for s in samples]
+    # synthetic: the held-out images whose caption names one kind of shape
+    rows = [i for i, t in enumerate(pairs.dataset[pairs.text_column][:n])
+            if len({w.rstrip("s") for w in t.split()} & set(SHAPES)) == 1]  # fmt: skip
+    ds = build_dataset(pairs, transform)
+    samples = [ds[i] for i in rows]
+    labels = [
+        next(w for w in pairs.dataset[i][pairs.text_column].split() if w in SHAPES) for i in rows
+    ]
+    return samples, labels
+
+
+def evaluate_run(cfg: DictConfig) -> dict[str, float]:
+    """Retrieval (R@1/5/10, optional ITM re-ranking) and zero-shot classification of a
+    pretraining run; prints a table and writes the metrics JSON."""
+    run_cfg, composer, tokenizer = load_pretrained_run(cfg.run_dir)
+    d = run_cfg.data
+    transform = build_image_transform(d.image_size, False, mean=tuple(d.mean), std=tuple(d.std))
+    pairs, _ = _held_out(cfg, run_cfg)
+    ds = build_dataset(pairs, transform)
+    collate = PairCollator(tokenizer, d.max_text_len, pad_to_max_length=True)
+    samples = [s for s in (ds[i] for i in range(min(cfg.max_samples, len(ds)))) if s is not None]
+    batches = [
+        collate(samples[i : i + cfg.batch_size]) for i in range(0, len(samples), cfg.batch_size)
+    ]
+    captions = [s["text"] for s in samples]
+    image, text = embed_pairs(composer, batches)
+    sim = image @ text.t()  # (N, N)
+    metrics = recall_at_k(sim, sim.t(), captions)
+    metrics["retrieval_chance_r1"] = 100.0 / len(captions)
+    if cfg.itm_rerank_k > 0:
+        i2t, t2i = itm_rerank(composer, sim, batches, cfg.itm_rerank_k)
+        metrics |= {f"itm_rerank/{k}": v for k, v in recall_at_k(i2t, t2i, captions).items()}
+    if cfg.zero_shot.images != "none":
+        images, labels = _zero_shot_set(cfg, pairs, transform, cfg.max_samples)
+        classes = list(cfg.zero_shot.classes or sorted(set(labels)))
+        pixels = torch.stack([s["pixel_values"] for s in images])
+        metrics |= zero_shot_classify(composer, tokenizer, d.max_text_len, pixels, labels,
+                                      classes, list(cfg.zero_shot.templates))  # fmt: skip
+    out = Path(cfg.output or Path(cfg.run_dir) / "eval_metrics.json")
+    out.write_text(json.dumps(metrics, indent=1))
+    width = max(map(len, metrics))
+    print("\n".join(f"{k:<{width}}  {v:6.2f}" for k, v in metrics.items()))
+    print(f"({len(captions)} held-out pairs; metrics written to {out})")
+    return metrics

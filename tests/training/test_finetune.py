@@ -1,0 +1,174 @@
+"""Fine-tuning recipes (VQA v2, NLVR2) run end to end at toy scale; their outputs load back;
+bad task data and mismatched checkpoints are clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoModelForVisualQuestionAnswering
+
+from onetower import OneTowerForImagesAndTextClassification, OneTowerForQuestionAnswering
+from onetower.inference import answer_question, classify_statement, load_task_model
+from onetower.inference import main as inference_main
+from onetower.training import ConfigError, load_config
+from onetower.training.finetune import finetune
+from onetower.training.schema import FinetuneConfig
+from onetower.training.vqa_eval import read_results
+
+from .conftest import CONFIGS
+
+
+def task_config(task: str, tmp_path: Path, world: Path, *overrides: str):
+    argv = ["--config", str(CONFIGS / "debug" / f"finetune_{task}.yaml"),
+            f"run.output_dir={tmp_path / task}", f"data.synthetic.root={world}", *overrides]  # fmt: skip
+    return load_config(FinetuneConfig, argv)
+
+
+@pytest.fixture(scope="module")
+def task_world(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("task_world")
+
+
+def world_dir(root: Path, kind: str) -> Path:
+    (folder,) = root.glob("seed0_*")
+    return folder / kind
+
+
+@pytest.fixture(scope="module")
+def vqa_run(tmp_path_factory, task_world):
+    return finetune(task_config("vqa", tmp_path_factory.mktemp("vqa"), task_world))
+
+
+def test_vqa_recipe_learns_and_writes_official_results(vqa_run, task_world) -> None:
+    losses = [v for _, v in vqa_run.history["loss"]]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    out = vqa_run.output_dir
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["val2014/vqa_acc"] <= 100
+    assert {"val2014/vqa_acc_yes_no", "val2014/vqa_acc_number"} <= set(metrics)
+    # official results format: one answer per val question, from the model's vocabulary
+    questions = json.loads(
+        (world_dir(task_world, "vqa") / "v2_OpenEnded_mscoco_val2014_questions.json").read_text()
+    )["questions"]
+    results = read_results(out / "predictions_val2014.json")
+    assert sorted(results) == sorted(q["question_id"] for q in questions)
+    model = AutoModelForVisualQuestionAnswering.from_pretrained(vqa_run.final_model)
+    assert isinstance(model, OneTowerForQuestionAnswering)
+    assert set(results.values()) <= set(model.config.id2label.values())
+    assert f"val2014/vqa_acc {metrics['val2014/vqa_acc']:.1f}" in vqa_run.summary
+
+
+def test_saved_vqa_model_answers_an_image_file(vqa_run, task_world, capsys) -> None:
+    model, processor = load_task_model(vqa_run.final_model)
+    image = next((world_dir(task_world, "vqa") / "val2014").glob("*.jpg"))
+    answers = answer_question(model, processor, image, "what colour is the circle?", top_k=3)
+    assert len(answers) == 3 and all(0 <= s <= 1 for _, s in answers)
+    assert [s for _, s in answers] == sorted((s for _, s in answers), reverse=True)
+    inference_main([str(vqa_run.final_model), str(image), "how many circles are there?"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and lines[0].split()[1] in model.config.id2label.values()
+    with pytest.raises(FileNotFoundError, match="nope.jpg does not exist"):
+        answer_question(model, processor, image.parent / "nope.jpg", "what?")
+    with pytest.raises(ValueError, match="not a fine-tuned task model"):
+        load_task_model(_encoder_dir(vqa_run))
+
+
+def _encoder_dir(run) -> Path:
+    """A plain encoder saved from the run's task model (as a pretraining run would)."""
+    folder = run.output_dir / "encoder"
+    if not folder.exists():
+        model = OneTowerForQuestionAnswering.from_pretrained(run.final_model)
+        model.onetower.save_pretrained(folder)
+        shutil.copy(run.final_model / "tokenizer.json", folder)
+        shutil.copy(run.final_model / "tokenizer_config.json", folder)
+    return folder
+
+
+def test_vqa_from_a_pretrained_encoder_and_vocabulary_checks(vqa_run, task_world, tmp_path) -> None:
+    encoder = _encoder_dir(vqa_run)
+    cfg = task_config("vqa", tmp_path, task_world, f"init={encoder}", "train.max_steps=2")
+    result = finetune(cfg)
+    model = OneTowerForQuestionAnswering.from_pretrained(result.final_model)
+    # the encoder came from init, the head is new
+    enc = OneTowerForQuestionAnswering.from_pretrained(vqa_run.final_model).onetower
+    w = "text.word_embeddings.weight"
+    assert not torch.equal(model.onetower.state_dict()[w], enc.state_dict()[w])  # trained 2 steps
+    assert torch.allclose(model.onetower.state_dict()[w], enc.state_dict()[w], atol=0.05)
+    # a VQA checkpoint whose answers differ from the data's vocabulary cannot train further
+    bad = tmp_path / "bad_vocab"
+    shutil.copytree(vqa_run.final_model, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["id2label"] = {str(i): a for i, a in enumerate(reversed(config["id2label"].values()))}
+    config["label2id"] = {a: int(i) for i, a in config["id2label"].items()}
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="answer vocabulary of .* does not match"):
+        finetune(task_config("vqa", tmp_path / "x", task_world, f"init={bad}"))
+    with pytest.raises(ConfigError, match="answer vocabulary of .* does not match"):
+        finetune(task_config("vqa", tmp_path / "y", task_world, f"init={bad}",
+                             "task.min_answer_count=1"))  # fmt: skip
+
+
+def test_nlvr2_recipe_pair_method(tmp_path, task_world) -> None:
+    result = finetune(task_config("nlvr2", tmp_path, task_world))
+    losses = [v for _, v in result.history["loss"]]
+    assert len(losses) == 3 and all(v == v for v in losses)
+    out = result.output_dir
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["dev/nlvr2_acc"] <= 100
+    lines = (out / "predictions_dev.csv").read_text().splitlines()
+    dev = (world_dir(task_world, "nlvr2") / "dev.json").read_text().splitlines()
+    assert [ln.split(",")[0] for ln in lines] == [json.loads(d)["identifier"] for d in dev]
+    assert {ln.split(",")[1] for ln in lines} <= {"True", "False"}
+    model = AutoModelForSequenceClassification.from_pretrained(result.final_model)
+    assert isinstance(model, OneTowerForImagesAndTextClassification)
+    assert model.config.num_segments == 3
+    model, processor = load_task_model(result.final_model)
+    pair = sorted((world_dir(task_world, "nlvr2") / "images" / "dev").glob("dev-0-0-img*.png"))
+    label, prob = classify_statement(model, processor, pair, "both images contain a circle")
+    assert label in ("True", "False") and 0.5 <= prob <= 1
+
+
+def test_from_encoder_copies_the_image_segment_into_the_new_row() -> None:
+    from onetower import OneTowerConfig, OneTowerModel
+
+    enc = OneTowerModel(OneTowerConfig.from_size("tiny"))
+    model = OneTowerForImagesAndTextClassification.from_encoder(enc, {0: "False", 1: "True"})
+    seg = model.onetower.segment_embeddings.weight
+    assert (
+        seg.shape[0] == 3
+        and torch.equal(seg[2], seg[1])
+        and torch.equal(seg[:2], enc.segment_embeddings.weight)
+    )
+    assert (
+        model.classifier[0].in_features
+        == model.classifier[0].out_features
+        == 2 * enc.config.hidden_size
+    )
+    names = model.head_parameters()
+    assert names and all(n.startswith("classifier.") for n in names)
+
+
+def test_bad_task_data_is_named(tmp_path, task_world) -> None:
+    vqa = tmp_path / "vqa"
+    shutil.copytree(world_dir(task_world, "vqa"), vqa)
+    missing = next((vqa / "train2014").glob("*.jpg"))
+    missing.unlink()
+    with pytest.raises(FileNotFoundError, match=r"image file\(s\) referenced .* question_id \d+: .*"
+                       + missing.name):  # fmt: skip
+        finetune(task_config("vqa", tmp_path / "a", task_world, f"data.root={vqa}"))
+    nlvr2 = tmp_path / "nlvr2"
+    shutil.copytree(world_dir(task_world, "nlvr2"), nlvr2)
+    lines = (nlvr2 / "train.json").read_text().splitlines()
+    row = json.loads(lines[3]) | {"label": "maybe"}
+    lines[3] = json.dumps(row)
+    (nlvr2 / "train.json").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"train.json:4: label 'maybe' is not True/False"):
+        finetune(task_config("nlvr2", tmp_path / "b", task_world, f"data.root={nlvr2}"))
+    with pytest.raises(ConfigError, match="task.name must be one of"):
+        finetune(task_config("nlvr2", tmp_path / "c", task_world, "task.name=gqa"))
+    with pytest.raises(FileNotFoundError, match="is not a saved onetower model"):
+        finetune(task_config("vqa", tmp_path / "d", task_world, f"init={tmp_path}"))
