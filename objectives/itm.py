@@ -99,11 +99,13 @@ class ITMHead(nn.Module):
         labels = pair.itm_labels
         loss = F.cross_entropy(logits.float(), labels)
         with torch.no_grad():
-            pos = labels == 1
+            # masked means, not logits[pos]: boolean indexing is a host sync (nonzero)
+            correct = (logits.argmax(-1) == labels).float()  # (B + K,)
+            pos = (labels == 1).float()
             metrics = {
                 "acc": accuracy(logits, labels),
-                "pos_acc": accuracy(logits[pos], labels[pos]),
-                "neg_acc": accuracy(logits[~pos], labels[~pos]),
+                "pos_acc": (correct * pos).sum() / pos.sum().clamp(min=1),
+                "neg_acc": (correct * (1 - pos)).sum() / (1 - pos).sum().clamp(min=1),
             }
         return ObjectiveOutput(loss=loss, metrics=metrics)
 

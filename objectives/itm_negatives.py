@@ -1,9 +1,9 @@
 """ITM negative sampling: random in-batch swaps (ViLT / UNITER) or hard negatives (ALBEF).
 
-Both draw with ``torch.multinomial`` under an explicit generator from a `(B, B)` weight matrix
-whose forbidden entries (a sample's own pair, and pairs sharing an image when ``IMAGE_IDS`` is
-known) are exactly zero, so a negative can never be the positive. Rows with no allowed
-candidate (B = 1, or one image in the whole batch) get no negative.
+Both draw one column per row as ``torch.multinomial`` does, under an explicit generator, from a
+`(B, B)` weight matrix whose forbidden entries (a sample's own pair, and pairs sharing an image
+when ``IMAGE_IDS`` is known) are exactly zero, so a negative can never be the positive. Rows
+with no allowed candidate (B = 1, or one image in the whole batch) get no negative.
 """
 
 from __future__ import annotations
@@ -42,7 +42,11 @@ def draw(weights: torch.Tensor, rows: torch.Tensor, generator: torch.Generator) 
     w = weights[rows].detach().float().to(generator.device)  # (K, B)
     if w.numel() == 0:
         return rows.new_zeros(0)
-    return torch.multinomial(w, 1, generator=generator).squeeze(1).to(rows.device)
+    # The exponential race torch.multinomial(w, 1) runs, without its input checks: those call
+    # .item() (a host sync on every step). Same generator draws -> the same columns. Weights
+    # here are >= 0 with a positive sum per row by construction.
+    race = torch.empty_like(w).exponential_(generator=generator)  # (K, B)
+    return (w / race).argmax(dim=1).to(rows.device)
 
 
 def random_negatives(

@@ -39,7 +39,9 @@ def pretrain(cfg: DictConfig) -> RunResult:
     model = build_model(cfg, data.tokenizer)
     composer = build_composer(cfg, model)
     masker = build_masker(cfg, data.tokenizer, model, dict(composer.heads))
-    optimizer = build_optimizer(composer, t.lr, t.weight_decay, tuple(t.betas), t.eps)
+    # built before prepare() moves the model, so say where it will run: fused AdamW on CUDA
+    fused = accelerator.device.type == "cuda"
+    optimizer = build_optimizer(composer, t.lr, t.weight_decay, tuple(t.betas), t.eps, fused)
     scheduler = build_scheduler(optimizer, t.warmup_steps, t.max_steps, t.min_lr_ratio)
     if t.compile:
         model.encoder.compile()  # in place: parameter names (and checkpoints) stay the same
