@@ -24,6 +24,9 @@ SIZES: dict[str, dict[str, Any]] = {
     ),
 }  # fmt: skip
 
+#: What a task head reads (see ``OneTowerConfig.classifier_pooling``).
+POOLINGS = ("cls", "cls+patches")
+
 # Keys that transformers itself passes through a config's kwargs (loading, dtype, labels).
 _PASSTHROUGH_KWARGS = {
     "torch_dtype", "num_labels", "name_or_path", "_name_or_path", "_commit_hash",
@@ -53,6 +56,9 @@ class OneTowerConfig(PreTrainedConfig):
     Unimodal towers (FLAVA style; 0 = none):
         text_tower_layers, image_tower_layers: transformer layers run on one modality before
         fusion, followed by a norm and a linear projection into the fusion encoder.
+    Task heads (VQA, NLVR2):
+        classifier_pooling: what the classifier reads: ``"cls"`` the pooled output (ViLT);
+            ``"cls+patches"`` also the max and the mean over the fused image-patch tokens.
 
     Unknown fields are an error that names the field.
     """
@@ -84,6 +90,7 @@ class OneTowerConfig(PreTrainedConfig):
     use_mask_token: bool = False
     text_tower_layers: int = 0
     image_tower_layers: int = 0
+    classifier_pooling: str = "cls"
 
     def __post_init__(self, **kwargs: Any) -> None:
         model_type = kwargs.pop("model_type", self.model_type)
@@ -132,6 +139,10 @@ class OneTowerConfig(PreTrainedConfig):
         ):
             if value not in ("learned", "sincos"):
                 raise ValueError(f"{name} must be 'learned' or 'sincos', got {value!r}")
+        if self.classifier_pooling not in POOLINGS:
+            raise ValueError(
+                f"classifier_pooling must be one of {POOLINGS}, got {self.classifier_pooling!r}"
+            )
         if self.num_segments < 2:
             raise ValueError(f"num_segments must be >= 2 (text, image), got {self.num_segments}")
         for name in (

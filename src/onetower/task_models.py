@@ -45,6 +45,27 @@ def classifier_mlp(in_dim: int, num_labels: int, hidden: int | None = None) -> n
     )
 
 
+def pooled_features(out: Any, pooling: str) -> torch.Tensor:
+    """The classifier input of one encoder pass: `(B, D)` for ``"cls"`` (ViLT's pooled
+    output), `(B, 3 D)` for ``"cls+patches"`` (pooled output, then the max and the mean of the
+    fused image-patch tokens, which have attended to the text).
+
+    Why the second: in a small scene the evidence sits in one or two patches, and a CLS token
+    learns to route to them slowly (measured on the synthetic world: a 2-layer ViT classifying
+    one shape stayed at chance for 300 steps with CLS or mean pooling, and reached 78% with max
+    pooling); the mean keeps counts (how many patches match).
+    """
+    if pooling == "cls":
+        return out.pooler_output
+    patches = out.tokens("image_patches")  # (B, N, D)
+    return torch.cat([out.pooler_output, patches.amax(1), patches.mean(1)], dim=-1)
+
+
+def pooled_width(config: OneTowerConfig) -> int:
+    """Width of :func:`pooled_features` for one image."""
+    return config.hidden_size * (1 if config.classifier_pooling == "cls" else 3)
+
+
 class _TaskModel(OneTowerPreTrainedModel):
     """Shared construction from a pretrained encoder."""
 
@@ -55,7 +76,11 @@ class _TaskModel(OneTowerPreTrainedModel):
 
     @classmethod
     def from_encoder(
-        cls, encoder: OneTowerModel | str, id2label: dict[int, str], **kwargs: Any
+        cls,
+        encoder: OneTowerModel | str,
+        id2label: dict[int, str],
+        classifier_pooling: str = "cls",
+        **kwargs: Any,
     ) -> _TaskModel:
         """A task model whose encoder is ``encoder`` (a model or a saved folder) and whose head
         is new, with labels ``id2label``.
@@ -72,6 +97,7 @@ class _TaskModel(OneTowerPreTrainedModel):
             k: v for k, v in encoder.config.to_dict().items() if k in OneTowerConfig.__annotations__
         }
         fields["num_segments"] = max(encoder.config.num_segments, cls.required_segments)
+        fields["classifier_pooling"] = classifier_pooling
         config = OneTowerConfig(
             **fields,
             id2label={int(i): str(a) for i, a in id2label.items()},
@@ -105,7 +131,7 @@ class OneTowerForQuestionAnswering(_TaskModel):
         if not config.id2label or config.num_labels < 1:
             raise ValueError("OneTowerForQuestionAnswering needs config.id2label (the answers)")
         self.onetower = OneTowerModel(config)
-        self.classifier = classifier_mlp(config.hidden_size, config.num_labels)
+        self.classifier = classifier_mlp(pooled_width(config), config.num_labels)
         self.post_init()
 
     def forward(
@@ -127,7 +153,8 @@ class OneTowerForQuestionAnswering(_TaskModel):
         """
         out = self.onetower(input_ids=input_ids, attention_mask=attention_mask,
                             pixel_values=pixel_values, **encoder_kwargs)  # fmt: skip
-        logits = self.classifier(out.pooler_output)  # (B, A)
+        pooled = pooled_features(out, self.config.classifier_pooling)  # (B, D) or (B, 3 D)
+        logits = self.classifier(pooled)  # (B, A)
         loss = None
         if labels is not None:
             if labels.shape != logits.shape:
@@ -137,7 +164,7 @@ class OneTowerForQuestionAnswering(_TaskModel):
                 )
             loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
             loss = loss * labels.shape[1]
-        return ClassifierOutput(loss, logits, out.pooler_output)
+        return ClassifierOutput(loss, logits, pooled)
 
 
 class OneTowerForImagesAndTextClassification(_TaskModel):
@@ -156,7 +183,7 @@ class OneTowerForImagesAndTextClassification(_TaskModel):
             raise ValueError("the pair method needs num_segments >= 3 (text + two images)")
         self.num_images = config.num_segments - 1
         self.onetower = OneTowerModel(config)
-        width = config.hidden_size * self.num_images
+        width = pooled_width(config) * self.num_images
         self.classifier = classifier_mlp(width, config.num_labels, hidden=width)  # ViLT: no 2x
         self.post_init()
 
@@ -181,15 +208,19 @@ class OneTowerForImagesAndTextClassification(_TaskModel):
                 f"pixel_values must be (batch, {self.num_images}, C, H, W), "
                 f"got {tuple(pixel_values.shape)}"
             )
+        pooling = self.config.classifier_pooling
         pooled = torch.cat(
             [
-                self.onetower(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    pixel_values=pixel_values[:, i],
-                    image_segment=IMAGE_SEGMENT + i,
-                    **encoder_kwargs,
-                ).pooler_output  # fmt: skip
+                pooled_features(
+                    self.onetower(
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        pixel_values=pixel_values[:, i],
+                        image_segment=IMAGE_SEGMENT + i,
+                        **encoder_kwargs,
+                    ),
+                    pooling,
+                )
                 for i in range(self.num_images)
             ],
             dim=-1,

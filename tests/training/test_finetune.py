@@ -172,3 +172,36 @@ def test_bad_task_data_is_named(tmp_path, task_world) -> None:
         finetune(task_config("nlvr2", tmp_path / "c", task_world, "task.name=gqa"))
     with pytest.raises(FileNotFoundError, match="is not a saved onetower model"):
         finetune(task_config("vqa", tmp_path / "d", task_world, f"init={tmp_path}"))
+
+
+def test_stopped_and_resumed_fine_tuning_equals_uninterrupted(tmp_path, task_world) -> None:
+    full = finetune(task_config("nlvr2", tmp_path / "full", task_world))
+    stopped = finetune(task_config("nlvr2", tmp_path / "part", task_world, "train.stop_at=4"))
+    assert stopped.steps == 4 and stopped.summary == "stopped early"  # at a log step
+    resumed = finetune(task_config("nlvr2", tmp_path / "part", task_world, "run.resume=latest"))
+    assert resumed.history["loss"] == full.history["loss"]
+    a = OneTowerForImagesAndTextClassification.from_pretrained(full.final_model).state_dict()
+    b = OneTowerForImagesAndTextClassification.from_pretrained(resumed.final_model).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_classifier_pooling_reads_the_fused_patches() -> None:
+    from onetower import OneTowerConfig, OneTowerModel
+
+    enc = OneTowerModel(OneTowerConfig.from_size("tiny")).eval()
+    qa = OneTowerForQuestionAnswering.from_encoder(enc, {0: "a", 1: "b"}, "cls+patches").eval()
+    D = enc.config.hidden_size
+    assert qa.classifier[0].in_features == 3 * D
+    ids, px = torch.randint(5, 100, (2, 6)), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = qa(input_ids=ids, pixel_values=px)
+        ref = qa.onetower(input_ids=ids, pixel_values=px)
+    patches = ref.tokens("image_patches")
+    torch.testing.assert_close(out.pooled[:, :D], ref.pooler_output)
+    torch.testing.assert_close(out.pooled[:, D : 2 * D], patches.amax(1))
+    torch.testing.assert_close(out.pooled[:, 2 * D :], patches.mean(1))
+    pair = OneTowerForImagesAndTextClassification.from_encoder(enc, {0: "F", 1: "T"}, "cls+patches")
+    assert pair.classifier[0].in_features == 6 * D
+    assert pair(input_ids=ids, pixel_values=torch.randn(2, 2, 3, 32, 32)).logits.shape == (2, 2)
+    with pytest.raises(ValueError, match="classifier_pooling must be one of"):
+        OneTowerForQuestionAnswering.from_encoder(enc, {0: "a"}, "mean")

@@ -83,12 +83,18 @@ def _resolve_data(
 
 
 def _build_model(cfg: DictConfig, task: Any, config: OneTowerConfig, data: TaskData) -> _TaskModel:
-    if cfg.init is None:
-        return task.model_class.from_encoder(OneTowerModel(config), data.id2label)
-    saved_as = (config.architectures or ["OneTowerModel"])[0]
-    if saved_as == task.model_class.__name__:
-        return task.model_class.from_pretrained(cfg.init)
-    return task.model_class.from_encoder(cfg.init, data.id2label)
+    pooling = cfg.task.classifier_pooling
+    try:
+        if cfg.init is None:
+            return task.model_class.from_encoder(OneTowerModel(config), data.id2label, pooling)
+        saved_as = (config.architectures or ["OneTowerModel"])[0]
+        if saved_as == task.model_class.__name__:
+            return task.model_class.from_pretrained(cfg.init)
+        return task.model_class.from_encoder(cfg.init, data.id2label, pooling)
+    except ValueError as e:
+        if "classifier_pooling" in str(e):
+            raise ConfigError(f"task.classifier_pooling: {e}") from None
+        raise
 
 
 @torch.no_grad()
@@ -130,7 +136,9 @@ def finetune(cfg: DictConfig) -> RunResult:
     d = cfg.data
     norm = dict(mean=tuple(d.mean), std=tuple(d.std))
     transforms = {
-        "train": build_image_transform(config.image_size, True, scale=tuple(d.crop_scale), **norm),
+        "train": build_image_transform(
+            config.image_size, d.augment, scale=tuple(d.crop_scale), **norm
+        ),
         "eval": build_image_transform(config.image_size, False, **norm),
     }
     data = task.build(cfg, root, tokenizer, config.image_size, config.max_text_len, transforms,
@@ -139,6 +147,7 @@ def finetune(cfg: DictConfig) -> RunResult:
     if t.activation_checkpointing:
         model.onetower.activation_checkpointing_enable()
     optimizer = build_optimizer(model, t.lr, t.weight_decay, tuple(t.betas), t.eps,
+                                fused=accelerator.device.type == "cuda",
                                 head_prefixes=model.head_prefixes,
                                 head_lr_mult=cfg.task.head_lr_mult)  # fmt: skip
     scheduler = build_scheduler(optimizer, t.warmup_steps, max(t.max_steps, 1), t.min_lr_ratio)

@@ -108,6 +108,9 @@ class TaskSection:
     eval_splits: list[str] | None = None  #: null = [val2014] (VQA) / [dev] (NLVR2)
     min_answer_count: int = 9  #: VQA vocabulary: answers given for >= this many questions
     head_lr_mult: float = 10.0  #: the new head's lr = train.lr x this (ViLT: 10)
+    #: what a new head reads: "cls" (ViLT: the pooled output) or "cls+patches" (plus the max
+    #: and mean of the fused image-patch tokens; see onetower.task_models.pooled_features)
+    classifier_pooling: str = "cls"
 
 
 @dataclass
@@ -129,6 +132,9 @@ class TaskDataSection:
     num_workers: int = 0
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    #: random resized crops in training; off by default, as in ViLT's VQA / NLVR2 fine-tuning
+    #: (a crop can cut off the object a question or a count is about)
+    augment: bool = False
     crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
     max_bad_fraction: float = 0.05
 
