@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 import torch
+import transformers
 from PIL import Image, UnidentifiedImageError
 
 from onetower.configuration import OneTowerConfig
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("text", help="the question (VQA) or statement (NLVR2)")
     p.add_argument("--top-k", type=int, default=5, help="answers to print (VQA)")
     args = p.parse_args(argv)
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on a CLI answer
     try:
         model, processor = load_task_model(args.model)
         if isinstance(model, OneTowerForQuestionAnswering):
