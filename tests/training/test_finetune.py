@@ -152,14 +152,15 @@ def test_from_encoder_copies_the_image_segment_into_the_new_row() -> None:
     assert names and all(n.startswith("classifier.") for n in names)
 
 
-def test_bad_task_data_is_named(tmp_path, task_world) -> None:
+def test_bad_task_data_is_named(tmp_path, task_world, vqa_run) -> None:  # vqa_run writes the world
     vqa = tmp_path / "vqa"
     shutil.copytree(world_dir(task_world, "vqa"), vqa)
     missing = next((vqa / "train2014").glob("*.jpg"))
     missing.unlink()
     with pytest.raises(FileNotFoundError, match=r"image file\(s\) referenced .* question_id \d+: .*"
                        + missing.name):  # fmt: skip
-        finetune(task_config("vqa", tmp_path / "a", task_world, f"data.root={vqa}"))
+        finetune(task_config("vqa", tmp_path / "a", task_world, f"data.root={vqa}",
+                             f"data.tokenizer={world_dir(task_world, 'tokenizer')}"))  # fmt: skip
     nlvr2 = tmp_path / "nlvr2"
     shutil.copytree(world_dir(task_world, "nlvr2"), nlvr2)
     lines = (nlvr2 / "train.json").read_text().splitlines()
@@ -167,11 +168,14 @@ def test_bad_task_data_is_named(tmp_path, task_world) -> None:
     lines[3] = json.dumps(row)
     (nlvr2 / "train.json").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"train.json:4: label 'maybe' is not True/False"):
-        finetune(task_config("nlvr2", tmp_path / "b", task_world, f"data.root={nlvr2}"))
+        finetune(task_config("nlvr2", tmp_path / "b", task_world, f"data.root={nlvr2}",
+                             f"data.tokenizer={world_dir(task_world, 'tokenizer')}"))  # fmt: skip
     with pytest.raises(ConfigError, match="task.name must be one of"):
         finetune(task_config("nlvr2", tmp_path / "c", task_world, "task.name=gqa"))
     with pytest.raises(FileNotFoundError, match="is not a saved onetower model"):
         finetune(task_config("vqa", tmp_path / "d", task_world, f"init={tmp_path}"))
+    with pytest.raises(ConfigError, match="no tokenizer was found: set data.tokenizer"):
+        finetune(task_config("vqa", tmp_path / "e", task_world, f"data.root={vqa}"))
 
 
 def test_stopped_and_resumed_fine_tuning_equals_uninterrupted(tmp_path, task_world) -> None:

@@ -64,7 +64,14 @@ def _resolve_data(
     if d.root is not None and not Path(d.root).exists():
         raise FileNotFoundError(f"data.root: {d.root!r} does not exist")
     root = Path(d.root) if d.root else None
-    if root is None or tok is None:
+    if root is not None and tok is None:
+        # the synthetic world's tokenizer would silently mis-read real questions
+        raise ConfigError(
+            "data.root names real task files but no tokenizer was found: "
+            + (f"{cfg.init} has no tokenizer.json; " if cfg.init else "")
+            + "set data.tokenizer to the tokenizer the model was pretrained with"
+        )
+    if root is None:
         s = d.synthetic
         name = (f"seed{s.seed}_vqa{s.vqa_train}+{s.vqa_val}_nlvr2{s.nlvr2_train}+{s.nlvr2_val}"
                 f"_{config.image_size}px_len{config.max_text_len}")  # fmt: skip
@@ -75,7 +82,7 @@ def _resolve_data(
                 vqa_train=s.vqa_train, vqa_val=s.vqa_val,
                 nlvr2_train=s.nlvr2_train, nlvr2_val=s.nlvr2_val,
             )  # fmt: skip
-        root = root or (world.vqa_dir if task == "vqa" else world.nlvr2_dir)
+        root = world.vqa_dir if task == "vqa" else world.nlvr2_dir
         tok = tok or str(world.tokenizer_dir)
     if tok is None or not Path(tok).exists():
         raise FileNotFoundError(f"tokenizer folder {tok!r} does not exist: set data.tokenizer")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -184,8 +184,6 @@ def inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _limit(source: Any, n: int) -> Any:
     if not n or len(source.dataset) <= n:
         return source
-    from dataclasses import replace
-
     return replace(source, dataset=source.dataset.select(range(n)))
 
 
