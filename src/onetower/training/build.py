@@ -21,8 +21,13 @@ TRACKERS = ("tensorboard", "wandb", "none")
 PRECISIONS = ("no", "bf16", "fp16")
 
 
-def make_accelerator(cfg: DictConfig) -> Accelerator:
-    """An Accelerator for the run: CPU (gloo when several processes) unless CUDA is there."""
+def make_accelerator(cfg: DictConfig, find_unused_parameters: bool = True) -> Accelerator:
+    """An Accelerator for the run: CPU (gloo when several processes) unless CUDA is there.
+
+    ``find_unused_parameters``: pretraining's unpaired batches run only some heads, so the
+    others get no gradient that step; a fine-tuned task model uses every parameter, and DDP's
+    extra graph traversal for unused ones is then wasted.
+    """
     t = cfg.train
     if cfg.run.tracker not in TRACKERS:
         raise ConfigError(f"run.tracker must be one of {TRACKERS}, got {cfg.run.tracker!r}")
@@ -49,8 +54,9 @@ def make_accelerator(cfg: DictConfig) -> Accelerator:
         project_dir=cfg.run.output_dir,
         # Exact resume needs a sampler whose order depends only on (seed, epoch).
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        # Unpaired batches run only some heads: the others get no gradient that step.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
+        ],
     )
 
 

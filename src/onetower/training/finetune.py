@@ -131,7 +131,7 @@ def finetune(cfg: DictConfig) -> RunResult:
         raise ConfigError(f"task.name must be one of {sorted(TASKS)}, got {cfg.task.name!r}")
     t, out_dir, task = cfg.train, Path(cfg.run.output_dir), TASKS[cfg.task.name]
     datasets.disable_progress_bars()  # the per-question map / filter bars are noise here
-    accelerator, resume_from = open_run(cfg)
+    accelerator, resume_from = open_run(cfg, find_unused_parameters=False)
 
     config, init_labels = _init_config(cfg)
     root, tok_path = _resolve_data(cfg, accelerator, config)

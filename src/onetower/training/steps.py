@@ -91,11 +91,13 @@ def stop_early(accelerator: Accelerator, cfg: DictConfig, state: TrainState) -> 
     )
 
 
-def open_run(cfg: DictConfig) -> tuple[Accelerator, Path | None]:
-    """The Accelerator and the checkpoint to resume from; claims ``run.output_dir`` (never
-    writing into another run's folder) and saves the resolved config there."""
+def open_run(
+    cfg: DictConfig, find_unused_parameters: bool = True
+) -> tuple[Accelerator, Path | None]:
+    """The Accelerator (see ``make_accelerator``) and the checkpoint to resume from; claims
+    ``run.output_dir`` (never writing into another run's folder) and saves the config there."""
     out_dir = Path(cfg.run.output_dir)
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, find_unused_parameters)
     set_seed(cfg.run.seed)
     resume_from = resolve_resume(out_dir, cfg.run.resume)
     if accelerator.is_main_process:
