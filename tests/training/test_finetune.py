@@ -174,6 +174,11 @@ def test_bad_task_data_is_named(tmp_path, task_world, vqa_run) -> None:  # vqa_r
         finetune(task_config("nlvr2", tmp_path / "c", task_world, "task.name=gqa"))
     with pytest.raises(FileNotFoundError, match="is not a saved onetower model"):
         finetune(task_config("vqa", tmp_path / "d", task_world, f"init={tmp_path}"))
+    with pytest.raises(
+        ConfigError, match=r"whose hidden_size=64 differ from model.\['hidden_size'\]"
+    ):
+        finetune(task_config("vqa", tmp_path / "f", task_world, f"init={_encoder_dir(vqa_run)}",
+                             "model.hidden_size=32"))  # fmt: skip
     with pytest.raises(ConfigError, match="no tokenizer was found: set data.tokenizer"):
         finetune(task_config("vqa", tmp_path / "e", task_world, f"data.root={vqa}"))
 

@@ -46,6 +46,15 @@ def _init_config(cfg: DictConfig) -> tuple[OneTowerConfig, Any | None]:
     if not Path(cfg.init, "config.json").is_file():
         raise FileNotFoundError(f"init={cfg.init!r} is not a saved onetower model (no config.json)")
     config = OneTowerConfig.from_pretrained(cfg.init)
+    # the architecture comes with the saved model: a model.* field that says otherwise is an
+    # error, not silently ignored
+    clash = {k: v for k, v in cfg.model.items() if k != "size" and getattr(config, k, v) != v}
+    if clash:
+        raise ConfigError(
+            f"init={cfg.init!r} loads a saved model whose "
+            + ", ".join(f"{k}={getattr(config, k)!r}" for k in sorted(clash))
+            + f" differ from model.{sorted(clash)}: drop those keys"
+        )
     task_cls = TASKS[cfg.task.name].model_class.__name__
     saved_as = (config.architectures or ["OneTowerModel"])[0]
     if saved_as not in ("OneTowerModel", task_cls):
