@@ -139,6 +139,7 @@ class ObjectiveComposer(nn.Module):
             if hasattr(head, "negatives"):
                 opts.negatives = head.negatives
                 opts.sampler_views = tuple(getattr(head, "sampler_views", ()))
+                opts.swap_negatives = getattr(head, "swap", False)
         return opts
 
     def active_heads(self, batch: Mapping[str, Any]) -> list[str]:

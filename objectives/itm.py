@@ -43,6 +43,9 @@ class ITMHead(nn.Module):
         neg_ratio: random mode only: negatives per positive, in (0, 1].
         similarity: hard mode: image->text score function (the contrastive head's
             projections when it is enabled, injected by the builder).
+        swap: random mode only: each negative *replaces* its positive in the ``pair`` view
+            (ViLT: B sequences, ``neg_ratio`` of them with a swapped image) instead of being
+            appended after the B positives (B + K sequences, more work per step).
     """
 
     views = (PAIR,)
@@ -54,8 +57,12 @@ class ITMHead(nn.Module):
         negatives: str = "random",
         neg_ratio: float = 1.0,
         similarity: Similarity | None = None,
+        swap: bool = False,
     ) -> None:
         super().__init__()
+        if swap and negatives != "random":
+            raise ValueError("itm swap=true needs negatives=random (hard negatives add pairs)")
+        self.swap = swap
         if negatives not in NEGATIVE_MODES:
             raise ValueError(f"itm negatives must be one of {NEGATIVE_MODES}, got {negatives!r}")
         if not 0.0 < neg_ratio <= 1.0:
@@ -116,8 +123,9 @@ def build_itm(
     built: Mapping[str, nn.Module],
     negatives: str = "random",
     neg_ratio: float = 1.0,
+    swap: bool = False,
 ) -> ITMHead:
     """ITM head; hard negatives reuse the contrastive head's similarity when it is built."""
     contrastive = built.get("contrastive")
     similarity = getattr(contrastive, "similarity", None) if negatives == "hard" else None
-    return ITMHead(model.config.hidden_size, negatives, neg_ratio, similarity)
+    return ITMHead(model.config.hidden_size, negatives, neg_ratio, similarity, swap)

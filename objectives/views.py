@@ -3,7 +3,8 @@
 - ``masked_pair``: MLM-masked text (``MLM_INPUT_IDS``) + the image, masked for MIM either by
   dropping patches (``image_keep_ids``) or by the mask token (``bool_masked_pos``);
   whichever streams the batch has.
-- ``pair``: the B clean pairs followed by the ITM negative pairs, in one encoder call.
+- ``pair``: the B clean pairs followed by the ITM negative pairs, in one encoder call; or
+  (``swap_negatives``, ViLT) the B pairs with the negatives' images swapped in place.
 - ``text`` / ``image``: one modality alone; with a unimodal tower the pass stops after it
   (``fuse=False``, FLAVA), else the shared encoder runs on that modality alone. The image view
   may drop a random share of patches (FLIP) in training.
@@ -30,8 +31,9 @@ class PairView:
     """The ``pair`` view.
 
     Attributes:
-        encoder: output over `(B + K, L, D)`: the B positives, then the K negatives.
-        itm_labels: long `(B + K,)`, 1 = matched pair.
+        encoder: output over `(B + K, L, D)`: the B positives, then the K negatives; with
+            swapped negatives `(B, L, D)`, row ``negatives.text_index[k]`` holding negative k.
+        itm_labels: long `(B + K,)` (swapped: `(B,)`), 1 = matched pair.
         negatives: indices into the batch of the K negative pairs.
     """
 
@@ -51,6 +53,7 @@ class ViewOptions:
         sampler_views: views ``negatives`` reads.
         drop_text: encode only the kept text tokens (``TEXT_KEEP_IDS``, M3AE) in
             ``masked_pair`` instead of the [MASK]-corrupted text.
+        swap_negatives: ITM negatives replace their positives in ``pair`` (see ``PairView``).
     """
 
     mim_masking: str | None = None
@@ -58,6 +61,7 @@ class ViewOptions:
     patch_dropout: float = 0.0
     negatives: Callable[..., NegativePairs] | None = None
     sampler_views: tuple[str, ...] = field(default_factory=tuple)
+    swap_negatives: bool = False
 
 
 def random_keep_ids(
@@ -154,8 +158,14 @@ class StepViews:
         neg = self.options.negatives(b, sampler_views, self.generator)
         ids, pixels = b[keys.INPUT_IDS], b[keys.PIXEL_VALUES]
         mask = b.get(keys.ATTENTION_MASK)
-        text_rows = torch.cat([torch.arange(ids.shape[0], device=ids.device), neg.text_index])
-        image_rows = torch.cat([torch.arange(ids.shape[0], device=ids.device), neg.image_index])
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        if self.options.swap_negatives:  # ViLT: B sequences, negatives swapped in place
+            image_rows = rows.index_put((neg.text_index,), neg.image_index)
+            labels = torch.ones_like(rows).index_put((neg.text_index,), rows.new_zeros(()))
+            out = self.model(input_ids=ids, attention_mask=mask, pixel_values=pixels[image_rows])
+            return PairView(encoder=out, itm_labels=labels, negatives=neg)
+        text_rows = torch.cat([rows, neg.text_index])
+        image_rows = torch.cat([rows, neg.image_index])
         out = self.model(
             input_ids=ids[text_rows],  # (B + K, T)
             attention_mask=None if mask is None else mask[text_rows],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -71,3 +72,33 @@ def test_itm_hard_uses_contrastive_similarity(model_factory):
     contrastive = build_objective("contrastive", model, {}, {})
     itm = build_objective("itm", model, {"negatives": "hard"}, {"contrastive": contrastive})
     assert itm.similarity == contrastive.similarity and itm.sampler_views == ("text", "image")
+
+
+def test_itm_swap_replaces_positives_in_place_like_vilt(model_factory, batch_factory):
+    model, batch = model_factory(), batch_factory()
+    head = build_objective(
+        "itm", model, {"negatives": "random", "neg_ratio": 0.5, "swap": True}, {}
+    )
+    views = StepViews(model, batch, ViewOptions(negatives=head.negatives, swap_negatives=True),
+                      torch.Generator().manual_seed(0))  # fmt: skip
+    pair = views[PAIR]
+    neg = pair.negatives
+    B = batch[keys.INPUT_IDS].shape[0]
+    assert pair.encoder.last_hidden_state.shape[0] == B  # B sequences, not B + K
+    assert sorted(torch.nonzero(pair.itm_labels == 0).flatten().tolist()) == sorted(
+        neg.text_index.tolist()
+    )
+    res = head({PAIR: pair}, batch)
+    total = 0.0
+    for t in range(B):  # every row by hand: its own text, its own or the swapped-in image
+        swapped = (neg.text_index == t).nonzero().flatten()
+        i = int(neg.image_index[swapped[0]]) if len(swapped) else t
+        out = model(
+            input_ids=batch[keys.INPUT_IDS][t : t + 1],
+            attention_mask=batch[keys.ATTENTION_MASK][t : t + 1],
+            pixel_values=batch[keys.PIXEL_VALUES][i : i + 1],
+        )
+        total = total - F.log_softmax(head.classifier(out.pooler_output[0]), 0)[int(i == t)]
+    torch.testing.assert_close(res.loss, total / B, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="swap=true needs negatives=random"):
+        build_objective("itm", model, {"negatives": "hard", "swap": True}, {})
