@@ -91,8 +91,9 @@ def check_images(
 def answer_vocab(answer_lists: Iterable[list[str]], min_count: int = 9) -> list[str]:
     """Answers that occur for at least ``min_count`` questions, most frequent first.
 
-    The VQA v2 convention (3,129 answers) counts ``multiple_choice_answer`` per question;
-    here every distinct answer of a question counts once, which includes those.
+    Each question's list counts each distinct answer once. The VQA v2 convention (ViLT, 3,129
+    answers at ``min_count=9``) passes one list per question holding its normalised
+    ``multiple_choice_answer``; passing all 10 annotator answers gives a larger vocabulary.
     """
     counts = Counter(a for answers in answer_lists for a in set(answers))
     return sorted((a for a, n in counts.items() if n >= min_count), key=lambda a: (-counts[a], a))

@@ -69,11 +69,11 @@ class VQATask:
         t, counter = cfg.task, SkipCounter(max_bad_fraction=cfg.data.max_bad_fraction)
         train = read_vqa(root, t.train_split or self.default_train)
         check_images(train.dataset, root, ("image",), "question_id")
-        # the vocabulary counts normalised answers (as ViLT does), so "Two" and "2" are one label
-        normalised = (
-            [normalize_answer(a) for a in answers] for answers in train.dataset["answers"]
-        )
-        vocab = answer_vocab(normalised, t.min_answer_count)
+        # ViLT's vocabulary: the normalised multiple-choice answer of each training question
+        # ("Two" and "2" are one label), kept if it occurs for >= min_answer_count questions
+        # (9 gives 3,129 on VQA v2)
+        chosen = ([normalize_answer(a)] for a in train.dataset["multiple_choice_answer"] if a)
+        vocab = answer_vocab(chosen, t.min_answer_count)
         if not vocab:
             raise ConfigError(
                 f"no answer occurs for >= task.min_answer_count={t.min_answer_count} questions"
