@@ -71,7 +71,7 @@ class VQATask:
         check_images(train.dataset, root, ("image",), "question_id")
         # ViLT's vocabulary: the normalised multiple-choice answer of each training question
         # ("Two" and "2" are one label), kept if it occurs for >= min_answer_count questions
-        # (9 gives 3,129 on VQA v2)
+        # (ViLT: 9, counted over VQA v2 train + val, gives 3,129)
         chosen = ([normalize_answer(a)] for a in train.dataset["multiple_choice_answer"] if a)
         vocab = answer_vocab(chosen, t.min_answer_count)
         if not vocab:
