@@ -183,6 +183,17 @@ class ImageCollator:
         return self.image_batch(samples, self.rng.get())
 
 
+def text_and_pixels(
+    text: TextCollator, samples: Sequence[dict[str, Any]]
+) -> dict[str, torch.Tensor]:
+    """Task batches (VQA, NLVR2): the samples' texts tokenised and padded, plus their
+    ``pixel_values`` stacked (`(B, C, H, W)`, or `(B, I, C, H, W)` for I images per sample)."""
+    # text_batch draws randomness only for MLM corruption, which task collators do not ask for
+    batch = text.text_batch([s["text"] for s in samples], torch.Generator())
+    batch[keys.PIXEL_VALUES] = torch.stack([s["pixel_values"] for s in samples])
+    return batch
+
+
 class PairCollator:
     """Text + image batches: everything ``TextCollator`` and ``ImageCollator`` give, together."""
 

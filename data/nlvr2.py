@@ -17,12 +17,11 @@ import torch
 from PIL import Image
 
 from onetower.data import keys
-from onetower.data.collators import TextCollator, drop_skipped
+from onetower.data.collators import TextCollator, drop_skipped, text_and_pixels
 from onetower.data.pipeline import MapDataset
-from onetower.data.robust import SkipCounter, clean_text, decode_image
+from onetower.data.robust import SkipCounter, check_images, clean_text, decode_image
 from onetower.data.sources import Source
 from onetower.data.transforms import SeededTransform
-from onetower.data.vqa import check_images
 
 
 def _image_paths(split: str, row: dict) -> tuple[str, str]:
@@ -123,13 +122,11 @@ class NLVR2Collator:
 
     def __init__(self, tokenizer: Any, max_length: int) -> None:
         self.text = TextCollator(tokenizer, max_length)
-        self.generator = torch.Generator()  # text_batch's argument; only MLM draws from it
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
         if not (samples := drop_skipped(samples)):
             return {}
-        batch = self.text.text_batch([s["text"] for s in samples], self.generator)
-        batch[keys.PIXEL_VALUES] = torch.stack([s["pixel_values"] for s in samples])
+        batch = text_and_pixels(self.text, samples)
         batch[keys.LABELS] = torch.tensor([s["label"] for s in samples])
         batch[keys.EXAMPLE_INDEX] = torch.tensor([s["index"] for s in samples])
         return batch

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,31 @@ def clean_text(raw: Any, max_chars: int = 2000) -> str:
     if not text:
         raise SkipSample("empty_text", repr(raw[:80]))
     return text
+
+
+def check_images(
+    rows: Any, base_dir: str | Path, image_columns: Sequence[str], id_column: str
+) -> None:
+    """Fail early, naming the rows, when image files referenced by ``rows`` (a
+    ``datasets.Dataset``) are missing.
+
+    A VQA / NLVR2 split whose images were not all downloaded would otherwise train on a
+    silently smaller set (or, at evaluation, score fewer questions than the split has).
+
+    Raises:
+        FileNotFoundError: lists up to five missing files with the ids of their rows.
+    """
+    base, ids = Path(base_dir), rows[id_column]
+    missing: list[str] = []
+    n = 0
+    for column in image_columns:
+        for path, ident in zip(rows[column], ids, strict=True):
+            if not (base / path).is_file():
+                n += 1
+                if len(missing) < 5:
+                    missing.append(f"{id_column} {ident}: {base / path}")
+    if n:
+        raise FileNotFoundError(
+            f"{n} image file(s) referenced by the annotations are missing, e.g. "
+            + "; ".join(missing)
+        )

@@ -17,7 +17,7 @@ import datasets
 import torch
 
 from onetower.data import keys
-from onetower.data.collators import TextCollator, drop_skipped
+from onetower.data.collators import TextCollator, drop_skipped, text_and_pixels
 from onetower.data.sources import Source
 
 
@@ -59,33 +59,6 @@ def read_vqa(root: str | Path, subtype: str = "train2014") -> Source:
         )
     ds = datasets.Dataset.from_list(rows)
     return Source(ds, "pairs", "image", "question", base_dir=root, key_column="image_id")
-
-
-def check_images(
-    rows: datasets.Dataset, base_dir: str | Path, image_columns: Sequence[str], id_column: str
-) -> None:
-    """Fail early, naming the rows, when image files referenced by ``rows`` are missing.
-
-    A VQA / NLVR2 split whose images were not all downloaded would otherwise train on a
-    silently smaller set (or, at evaluation, score fewer questions than the split has).
-
-    Raises:
-        FileNotFoundError: lists up to five missing files with the ids of their rows.
-    """
-    base, ids = Path(base_dir), rows[id_column]
-    missing: list[str] = []
-    n = 0
-    for column in image_columns:
-        for path, ident in zip(rows[column], ids, strict=True):
-            if not (base / path).is_file():
-                n += 1
-                if len(missing) < 5:
-                    missing.append(f"{id_column} {ident}: {base / path}")
-    if n:
-        raise FileNotFoundError(
-            f"{n} image file(s) referenced by the annotations are missing, e.g. "
-            + "; ".join(missing)
-        )
 
 
 def answer_vocab(answer_lists: Iterable[list[str]], min_count: int = 9) -> list[str]:
@@ -142,13 +115,11 @@ class VQACollator:
     def __init__(self, tokenizer: Any, max_length: int, num_answers: int) -> None:
         self.text = TextCollator(tokenizer, max_length)
         self.num_answers = num_answers
-        self.generator = torch.Generator()  # text_batch's argument; only MLM draws from it
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
         if not (samples := drop_skipped(samples)):
             return {}
-        batch = self.text.text_batch([s["text"] for s in samples], self.generator)
-        batch[keys.PIXEL_VALUES] = torch.stack([s["pixel_values"] for s in samples])
+        batch = text_and_pixels(self.text, samples)
         batch[keys.QUESTION_IDS] = torch.tensor([s["question_id"] for s in samples])
         if "target_ids" in samples[0]:
             labels = torch.zeros(len(samples), self.num_answers)

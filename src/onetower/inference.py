@@ -16,17 +16,13 @@ import torch
 import transformers
 from PIL import Image, UnidentifiedImageError
 
-from onetower.configuration import OneTowerConfig
+from onetower.hub import model_class
 from onetower.processing import OneTowerProcessor
 from onetower.task_models import (
     OneTowerForImagesAndTextClassification,
     OneTowerForQuestionAnswering,
+    TaskModel,
 )
-
-TASK_MODELS = {
-    cls.__name__: cls
-    for cls in (OneTowerForQuestionAnswering, OneTowerForImagesAndTextClassification)
-}
 
 
 def load_task_model(
@@ -43,15 +39,13 @@ def load_task_model(
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} holds no saved model (config.json is missing)")
-    arch = (OneTowerConfig.from_pretrained(folder).architectures or ["?"])[0]
-    if arch not in TASK_MODELS:
+    cls = model_class(folder)  # the class named in config.json
+    if not issubclass(cls, TaskModel):
         raise ValueError(
-            f"{folder} holds a {arch}, not a fine-tuned task model "
-            f"({', '.join(TASK_MODELS)}): fine-tune it with recipes/finetune_vqa.py first"
+            f"{folder} holds a {cls.__name__}, not a fine-tuned task model "
+            "(VQA / NLVR2): fine-tune it with recipes/finetune_vqa.py first"
         )
-    return TASK_MODELS[arch].from_pretrained(folder).eval(), OneTowerProcessor.from_pretrained(
-        folder
-    )
+    return cls.from_pretrained(folder).eval(), OneTowerProcessor.from_pretrained(folder)
 
 
 def _open(path: str | Path) -> Image.Image:

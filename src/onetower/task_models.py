@@ -66,8 +66,8 @@ def pooled_width(config: OneTowerConfig) -> int:
     return config.hidden_size * (1 if config.classifier_pooling == "cls" else 3)
 
 
-class _TaskModel(OneTowerPreTrainedModel):
-    """Shared construction from a pretrained encoder."""
+class TaskModel(OneTowerPreTrainedModel):
+    """Base of the task models: construction from a pretrained encoder, head parameter names."""
 
     #: module name prefixes of the newly initialised head (higher lr in fine-tuning)
     head_prefixes: tuple[str, ...] = ("classifier.",)
@@ -81,7 +81,7 @@ class _TaskModel(OneTowerPreTrainedModel):
         id2label: dict[int, str],
         classifier_pooling: str = "cls",
         **kwargs: Any,
-    ) -> _TaskModel:
+    ) -> TaskModel:
         """A task model whose encoder is ``encoder`` (a model or a saved folder) and whose head
         is new, with labels ``id2label``.
 
@@ -119,7 +119,7 @@ class _TaskModel(OneTowerPreTrainedModel):
         return [n for n, _ in self.named_parameters() if n.startswith(self.head_prefixes)]
 
 
-class OneTowerForQuestionAnswering(_TaskModel):
+class OneTowerForQuestionAnswering(TaskModel):
     """VQA: the ViLT head on the pooled output, BCE against soft answer scores.
 
     ``config.id2label`` is the answer vocabulary. The loss is ViLT's (after ban-vqa):
@@ -167,7 +167,7 @@ class OneTowerForQuestionAnswering(_TaskModel):
         return ClassifierOutput(loss, logits, pooled)
 
 
-class OneTowerForImagesAndTextClassification(_TaskModel):
+class OneTowerForImagesAndTextClassification(TaskModel):
     """NLVR2, ViLT's pair method: the text is encoded with each image (image segment ids 1,
     2, ...), the pooled outputs are concatenated `(B, I D)` and classified by
     Linear(I D, I D) -> LayerNorm -> GELU -> Linear(I D, classes) with cross-entropy.

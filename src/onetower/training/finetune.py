@@ -22,7 +22,7 @@ from onetower.configuration import OneTowerConfig
 from onetower.data import build_image_transform, ensure_synthetic_world, load_tokenizer
 from onetower.modeling import OneTowerModel
 from onetower.processing import OneTowerProcessor
-from onetower.task_models import _TaskModel
+from onetower.task_models import TaskModel
 from onetower.training.config import ConfigError
 from onetower.training.data import MixedStream
 from onetower.training.optim import build_optimizer, build_scheduler
@@ -98,7 +98,7 @@ def _resolve_data(
     return root, tok
 
 
-def _build_model(cfg: DictConfig, task: Any, config: OneTowerConfig, data: TaskData) -> _TaskModel:
+def _build_model(cfg: DictConfig, task: Any, config: OneTowerConfig, data: TaskData) -> TaskModel:
     pooling = cfg.task.classifier_pooling
     try:
         if cfg.init is None:
@@ -114,7 +114,7 @@ def _build_model(cfg: DictConfig, task: Any, config: OneTowerConfig, data: TaskD
 
 
 @torch.no_grad()
-def evaluate_task(model: _TaskModel, task: Any, data: TaskData, cfg: DictConfig,
+def evaluate_task(model: TaskModel, task: Any, data: TaskData, cfg: DictConfig,
                   out_dir: Path, device: torch.device) -> dict[str, float]:  # fmt: skip
     """Predict every eval split, write its predictions file, return ``{split/metric: value}``."""
     was_training = model.training
@@ -245,7 +245,7 @@ def _save_processor(folder: Path, tokenizer: Any, config: OneTowerConfig, d: Dic
     processor.save_pretrained(str(folder))
 
 
-def _evaluate(accelerator: Accelerator, core: _TaskModel, task: Any, data: TaskData,
+def _evaluate(accelerator: Accelerator, core: TaskModel, task: Any, data: TaskData,
               cfg: DictConfig, out_dir: Path, state: TrainState) -> dict[str, float]:  # fmt: skip
     """Evaluate on the main process (others wait); record and log the metrics."""
     metrics: dict[str, float] = {}

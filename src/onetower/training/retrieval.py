@@ -41,14 +41,20 @@ from onetower.training.config import ConfigError
 HEADS_FILE = "objectives.safetensors"
 
 
+def tied_head_keys(composer: ObjectiveComposer) -> set[str]:
+    """Head state keys whose tensor is an encoder parameter (the MLM decoder tied to the token
+    embedding): they belong to the encoder's file, not the heads'."""
+    encoder = {p.data_ptr() for p in composer.model.parameters()}
+    return {k for k, v in composer.heads.state_dict().items() if v.data_ptr() in encoder}
+
+
 def save_heads(composer: ObjectiveComposer, folder: Path) -> Path:
-    """Write the heads' own weights (tensors shared with the encoder, such as the MLM decoder
-    tied to the token embedding, are left to the encoder's file)."""
-    shared = {p.data_ptr() for p in composer.model.parameters()}
+    """Write the heads' own weights (not the tensors tied to the encoder)."""
+    tied = tied_head_keys(composer)
     state = {
         k: v.detach().cpu().contiguous()
         for k, v in composer.heads.state_dict().items()
-        if v.data_ptr() not in shared
+        if k not in tied
     }
     save_file(state, str(folder / HEADS_FILE))
     return folder / HEADS_FILE
@@ -71,8 +77,7 @@ def load_pretrained_run(run_dir: str | Path) -> tuple[DictConfig, ObjectiveCompo
     composer = build_composer(cfg, model)
     state = load_file(str(final / HEADS_FILE))
     missing, unexpected = composer.heads.load_state_dict(state, strict=False)
-    tied = {k for k, v in composer.heads.state_dict().items()
-            if v.data_ptr() in {p.data_ptr() for p in model.parameters()}}  # fmt: skip
+    tied = tied_head_keys(composer)
     if unexpected or set(missing) - tied:
         raise ValueError(
             f"{final / HEADS_FILE} does not fit the heads of {run / 'config.yaml'}: "

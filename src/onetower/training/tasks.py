@@ -19,11 +19,12 @@ from omegaconf import DictConfig
 
 from onetower.data import SkipCounter, answer_vocab, build_dataset, keys, read_vqa
 from onetower.data.nlvr2 import NLVR2Collator, build_nlvr2_dataset
-from onetower.data.vqa import VQACollator, add_targets, check_images
+from onetower.data.robust import check_images
+from onetower.data.vqa import VQACollator, add_targets
 from onetower.task_models import (
     OneTowerForImagesAndTextClassification,
     OneTowerForQuestionAnswering,
-    _TaskModel,
+    TaskModel,
 )
 from onetower.training.config import ConfigError
 from onetower.training.vqa_eval import evaluate_vqa, normalize_answer, write_results
@@ -98,7 +99,7 @@ class VQATask:
         return TaskData(train_set, evals, id2label, collate, annotations, counter)
 
     @staticmethod
-    def predict(model: _TaskModel, batch: dict[str, torch.Tensor]) -> dict[int, str]:
+    def predict(model: TaskModel, batch: dict[str, torch.Tensor]) -> dict[int, str]:
         logits = model(**inputs(batch)).logits  # (B, A)
         labels = model.config.id2label
         return {
@@ -149,7 +150,7 @@ class NLVR2Task:
                         annotations, counter)  # fmt: skip
 
     @staticmethod
-    def predict(model: _TaskModel, batch: dict[str, torch.Tensor]) -> dict[int, str]:
+    def predict(model: TaskModel, batch: dict[str, torch.Tensor]) -> dict[int, str]:
         logits = model(**inputs(batch)).logits  # (B, 2)
         return {
             int(i): NLVR2_LABELS[int(c)]
