@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onetower.data.tokenizer import train_wordpiece_tokenizer
-from onetower.data.world import caption, render, sample_scene
+from onetower.data.world import WORLD_VERSION, caption, render, sample_scene
 from onetower.data.world_tasks import questions, statement
 
 VQA_SUBTYPES = {"train": "train2014", "validation": "val2014"}
@@ -46,6 +46,8 @@ class WorldSpec:
     nlvr2_val: int = 100
     vocab_size: int = 512
     text_length: int = 32
+    #: how scenes are drawn; a world written by another version is never reused
+    version: int = WORLD_VERSION
 
 
 @dataclass(frozen=True)

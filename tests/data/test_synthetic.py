@@ -14,7 +14,16 @@ from transformers import AutoTokenizer
 
 from onetower.data import COLOURS, WorldSpec, colour_token_ids, ensure_synthetic_world
 from onetower.data.synthetic import main, write_synthetic_world
-from onetower.data.world import caption, render, sample_scene
+from onetower.data.world import (
+    BACKGROUNDS,
+    GRID,
+    SHAPES,
+    Obj,
+    Scene,
+    caption,
+    render,
+    sample_scene,
+)
 from onetower.data.world_tasks import questions
 
 
@@ -60,6 +69,34 @@ def test_caption_colours_are_in_the_image(world):
         present = {name for name, rgb in COLOURS.items() if (pixels == rgb).all(-1).sum() >= 4}
         named = {w for w in row["text"].split() if w in COLOURS}
         assert named == present, (row, present)
+
+
+def _luminance(rgb):
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+
+def test_shapes_are_centred_and_drawn_alike_in_every_colour():
+    """Learnability: an object's silhouette depends only on its shape and size (never on its
+    colour or the background), sits at its cell's centre, and every background is brighter
+    than every object colour, so contrast never flips."""
+    size = 48
+    cell = size / GRID
+    for shape in SHAPES:
+        for obj_size in ("small", "large"):
+            silhouettes = set()
+            for colour in COLOURS:
+                for background in BACKGROUNDS:
+                    obj = Obj(shape, colour, obj_size, row=1, col=2)
+                    scene = Scene(background, (obj,), ((0.9, 0.1, 0.5),))
+                    pixels = np.asarray(render(scene, size))
+                    drawn = (pixels != BACKGROUNDS[background]).any(-1)
+                    ys, xs = np.nonzero(drawn)
+                    assert abs((ys.min() + ys.max() + 1) / 2 - 1.5 * cell) <= 1, (shape, obj_size)
+                    assert abs((xs.min() + xs.max() + 1) / 2 - 2.5 * cell) <= 1, (shape, obj_size)
+                    silhouettes.add(drawn.tobytes())
+            assert len(silhouettes) == 1, (shape, obj_size)
+    darkest_background = min(_luminance(rgb) for rgb in BACKGROUNDS.values())
+    assert all(_luminance(rgb) < darkest_background for rgb in COLOURS.values())
 
 
 def test_captions_mostly_unique_and_fit_text_length(tokenizer):

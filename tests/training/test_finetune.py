@@ -34,7 +34,7 @@ def task_world(tmp_path_factory) -> Path:
 
 
 def world_dir(root: Path, kind: str) -> Path:
-    (folder,) = root.glob("seed0_*")
+    (folder,) = root.glob("v*_seed0_*")
     return folder / kind
 
 

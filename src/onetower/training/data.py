@@ -31,6 +31,7 @@ from onetower.data import (
     load_tokenizer,
 )
 from onetower.data.batch_masking import step_generator
+from onetower.data.world import WORLD_VERSION
 
 SOURCES = ("pairs", "texts", "images")
 
@@ -62,7 +63,7 @@ def resolve_sources(cfg: DictConfig, accelerator: Accelerator) -> tuple[dict[str
     if paths["pairs"] is None or paths["val_pairs"] is None or paths["tokenizer"] is None:
         s = d.synthetic
         # one folder per spec under the root, so recipes with other image sizes coexist
-        name = f"seed{s.seed}_{s.n_train}+{s.n_val}_{d.image_size}px_len{d.max_text_len}"
+        name = f"v{WORLD_VERSION}_seed{s.seed}_{s.n_train}+{s.n_val}_{d.image_size}px_len{d.max_text_len}"
         with accelerator.main_process_first():
             world = ensure_synthetic_world(
                 Path(s.root) / name, seed=s.seed, n_train=s.n_train, n_val=s.n_val,

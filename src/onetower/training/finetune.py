@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from onetower.configuration import OneTowerConfig
 from onetower.data import build_image_transform, ensure_synthetic_world, load_tokenizer
+from onetower.data.world import WORLD_VERSION
 from onetower.modeling import OneTowerModel
 from onetower.processing import OneTowerProcessor
 from onetower.task_models import TaskModel
@@ -82,7 +83,7 @@ def _resolve_data(
         )
     if root is None:
         s = d.synthetic
-        name = (f"seed{s.seed}_vqa{s.vqa_train}+{s.vqa_val}_nlvr2{s.nlvr2_train}+{s.nlvr2_val}"
+        name = (f"v{WORLD_VERSION}_seed{s.seed}_vqa{s.vqa_train}+{s.vqa_val}_nlvr2{s.nlvr2_train}+{s.nlvr2_val}"
                 f"_{config.image_size}px_len{config.max_text_len}")  # fmt: skip
         with accelerator.main_process_first():
             world = ensure_synthetic_world(
