@@ -31,6 +31,7 @@ from onetower.data.synthetic import (
 )
 from onetower.data.tokenizer import (
     colour_token_ids,
+    grounding_word_ids,
     load_tokenizer,
     train_wordpiece_tokenizer,
     word_token_ids,
@@ -68,6 +69,7 @@ __all__ = [
     "build_image_transform",
     "clean_text",
     "colour_token_ids",
+    "grounding_word_ids",
     "decode_image",
     "ensure_synthetic_world",
     "interleave",

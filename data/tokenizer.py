@@ -112,3 +112,17 @@ def colour_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     from onetower.data.world import COLOURS
 
     return word_token_ids(tokenizer, COLOURS)
+
+
+def grounding_word_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
+    """The synthetic world's colour and shape words as token ids, per group, for the
+    grounded-MLM probe; a group with a word that is not a single token is left out."""
+    from onetower.data.world import COLOURS, SHAPES
+
+    groups = {}
+    for name, words in (("colour", COLOURS), ("shape", SHAPES)):
+        try:
+            groups[name] = word_token_ids(tokenizer, words)
+        except ValueError:
+            continue
+    return groups

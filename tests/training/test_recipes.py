@@ -41,7 +41,10 @@ def test_recipe_runs_and_loss_decreases(recipe: str, tmp_path: Path, worlds) -> 
     if "contrastive" in cfg.objectives:
         assert 0 <= result.metrics["eval/i2t_r1"] <= 1
     if "mlm" in cfg.objectives:
-        assert "eval/colour_mlm_acc_with_image" in result.metrics
+        for group in ("colour", "shape"):
+            for image in ("with_image", "blank_image"):
+                assert 0 <= result.metrics[f"eval/{group}_mlm_acc_{image}"] <= 1
+        assert "shape words predicted by MLM" in result.summary
     # the final model is the trained encoder
     x = tokenizer(["a small red circle"], return_tensors="pt")["input_ids"]
     assert torch.isfinite(model(input_ids=x).pooler_output).all()

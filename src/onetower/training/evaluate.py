@@ -4,9 +4,10 @@
   across evaluations);
 - zero-shot retrieval R@1 both ways with the contrastive embeddings (a hit is a retrieved
   caption identical to the true one, so duplicate captions do not count as misses);
-- colour-word MLM accuracy: every colour word of the caption is masked and predicted, once
-  with the image and once with the image blanked (all-zero pixels): the gap is what the model
-  learned to read from the image.
+- grounded MLM accuracy, per word group (the synthetic world's colour words, its shape
+  words): every word of the group in the caption is masked and predicted, once with the image
+  and once with the image blanked (all-zero pixels): the gap is what the model learned to read
+  from the image.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def evaluate(
     max_len: int,
     max_samples: int,
     batch_size: int,
-    colour_ids: list[int],
+    word_ids: dict[str, list[int]],
     device: torch.device,
 ) -> dict[str, float]:
     """Run every evaluation above; returns ``eval/...`` scalars."""
@@ -53,7 +54,7 @@ def evaluate(
     sums: dict[str, float] = defaultdict(float)
     n_batches = 0
     text_emb, image_emb, captions = [], [], []
-    colour = {"with_image": [0, 0], "blank_image": [0, 0]}
+    counts = {(g, name): [0, 0] for g in word_ids for name in ("with_image", "blank_image")}
     head = composer.heads
     for i, (batch, texts) in enumerate(
         eval_batches(dataset, tokenizer, max_len, max_samples, batch_size)
@@ -70,44 +71,45 @@ def evaluate(
             image_emb.append(img)
             text_emb.append(txt)
             captions += texts
-        if "mlm" in head and colour_ids:
-            for name, pixels in (("with_image", batch[keys.PIXEL_VALUES]), ("blank_image", None)):
-                hits, total = colour_accuracy(
-                    composer, batch, colour_ids, tokenizer.mask_token_id, pixels
+        if "mlm" in head:
+            for (group, name), count in counts.items():
+                pixels = batch[keys.PIXEL_VALUES] if name == "with_image" else None
+                hits, total = word_accuracy(
+                    composer, batch, word_ids[group], tokenizer.mask_token_id, pixels
                 )
-                colour[name][0] += hits
-                colour[name][1] += total
+                count[0] += hits
+                count[1] += total
     metrics = {f"eval/{k}": v / max(n_batches, 1) for k, v in sums.items() if k.endswith("loss")}
     if image_emb:
         metrics.update(retrieval_r1(torch.cat(image_emb), torch.cat(text_emb), captions))
-    for name, (hits, total) in colour.items():
+    for (group, name), (hits, total) in counts.items():
         if total:
-            metrics[f"eval/colour_mlm_acc_{name}"] = hits / total
+            metrics[f"eval/{group}_mlm_acc_{name}"] = hits / total
     composer.train(was_training)
     return metrics
 
 
-def colour_accuracy(
+def word_accuracy(
     composer: ObjectiveComposer,
     batch: dict[str, torch.Tensor],
-    colour_ids: list[int],
+    word_ids: list[int],
     mask_token_id: int,
     pixels: torch.Tensor | None,
 ) -> tuple[int, int]:
-    """Mask every colour token, predict it with ``pixels`` (None = a blank image)."""
+    """Mask every token in ``word_ids``, predict it with ``pixels`` (None = a blank image)."""
     ids = batch[keys.INPUT_IDS]
-    is_colour = torch.isin(ids, torch.tensor(colour_ids, device=ids.device))
-    if not is_colour.any():
+    is_word = torch.isin(ids, torch.tensor(word_ids, device=ids.device))
+    if not is_word.any():
         return 0, 0
-    masked = ids.masked_fill(is_colour, mask_token_id)
+    masked = ids.masked_fill(is_word, mask_token_id)
     if pixels is None:
         pixels = torch.zeros_like(batch[keys.PIXEL_VALUES])
     out = composer.model(
         input_ids=masked, attention_mask=batch[keys.ATTENTION_MASK], pixel_values=pixels
     )
-    states = out.tokens("text")[is_colour]  # (M, D)
+    states = out.tokens("text")[is_word]  # (M, D)
     pred = composer.heads["mlm"].logits(states).argmax(-1)
-    return int((pred == ids[is_colour]).sum()), int(is_colour.sum())
+    return int((pred == ids[is_word]).sum()), int(is_word.sum())
 
 
 def retrieval_r1(image: torch.Tensor, text: torch.Tensor, captions: list[str]) -> dict[str, float]:

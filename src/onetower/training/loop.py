@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from onetower.data import colour_token_ids
+from onetower.data import grounding_word_ids
 from onetower.data.batch_masking import step_generator
 from onetower.training.build import build_composer, build_masker, build_model
 from onetower.training.data import MixedStream, build_data
@@ -55,7 +55,7 @@ def pretrain(cfg: DictConfig) -> RunResult:
     core = accelerator.unwrap_model(composer)
 
     # loop
-    colour_ids = colour_token_ids(data.tokenizer)
+    word_ids = grounding_word_ids(data.tokenizer)
     samples_per_step = cfg.data.batch_size * world * t.grad_accum
     stop_at = t.stop_at or t.max_steps
     bar = tqdm(total=t.max_steps, initial=state.step, disable=not accelerator.is_main_process,
@@ -90,12 +90,12 @@ def pretrain(cfg: DictConfig) -> RunResult:
         bar.update(1)
 
         running.after_step(accelerator, cfg, state, scheduler, bar, out_dir,
-                           lambda: _evaluate(cfg, accelerator, core, masker, data, colour_ids, state))  # fmt: skip
+                           lambda: _evaluate(cfg, accelerator, core, masker, data, word_ids, state))  # fmt: skip
     bar.close()
     if state.step < t.max_steps:  # stopped early on purpose (train.stop_at): resumable
         return stop_early(accelerator, cfg, state)
 
-    metrics = _evaluate(cfg, accelerator, core, masker, data, colour_ids, state)
+    metrics = _evaluate(cfg, accelerator, core, masker, data, word_ids, state)
     train_seconds = time.perf_counter() - start
     result = finish_run(
         cfg, accelerator, core, masker, data, state, metrics, train_seconds, start_step
@@ -104,13 +104,13 @@ def pretrain(cfg: DictConfig) -> RunResult:
     return result
 
 
-def _evaluate(cfg, accelerator, core, masker, data, colour_ids, state) -> dict[str, float]:
+def _evaluate(cfg, accelerator, core, masker, data, word_ids, state) -> dict[str, float]:
     """Evaluate on the main process (others wait); record and log the metrics."""
     metrics: dict[str, float] = {}
     if accelerator.is_main_process:
         e = cfg.eval
         metrics = evaluate(core, masker, data.val, data.tokenizer, cfg.data.max_text_len,
-                           e.max_samples, e.batch_size, colour_ids, accelerator.device)  # fmt: skip
+                           e.max_samples, e.batch_size, word_ids, accelerator.device)  # fmt: skip
         state.record(metrics)
         accelerator.log(metrics, step=state.step)
     accelerator.wait_for_everyone()

@@ -121,11 +121,12 @@ def summarise(cfg: DictConfig, metrics: dict[str, float], history: dict, steps: 
             f"zero-shot retrieval on held-out pairs: image->text R@1 {metrics['eval/i2t_r1']:.1%}, "
             f"text->image R@1 {metrics['eval/t2i_r1']:.1%} (chance {metrics['eval/retrieval_chance']:.1%})"
         )
-    if "eval/colour_mlm_acc_with_image" in metrics:
-        parts.append(
-            f"colour words predicted by MLM {metrics['eval/colour_mlm_acc_with_image']:.1%} with the "
-            f"image vs {metrics['eval/colour_mlm_acc_blank_image']:.1%} with it blanked"
-        )
+    for group in ("colour", "shape"):
+        if f"eval/{group}_mlm_acc_with_image" in metrics:
+            parts.append(
+                f"{group} words predicted by MLM {metrics[f'eval/{group}_mlm_acc_with_image']:.1%} "
+                f"with the image vs {metrics[f'eval/{group}_mlm_acc_blank_image']:.1%} with it blanked"
+            )
     held = [f"{k[5:]} {v:.3f}" for k, v in sorted(metrics.items()) if k.endswith("_loss")]
     if held:
         parts.append("held-out losses: " + ", ".join(held))
