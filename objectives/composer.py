@@ -171,7 +171,10 @@ class ObjectiveComposer(nn.Module):
                 f"no enabled objective ({', '.join(self.heads)}) applies to a batch with keys "
                 f"{sorted(batch)}"
             )
-        views = StepViews(self.model, batch, self.view_options, generator or self.generator)
+        planned = {v for name in active for v in self.heads[name].views}
+        views = StepViews(
+            self.model, batch, self.view_options, generator or self.generator, planned
+        )
         total: torch.Tensor | None = None
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}

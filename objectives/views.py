@@ -4,7 +4,10 @@
   dropping patches (``image_keep_ids``) or by the mask token (``bool_masked_pos``);
   whichever streams the batch has.
 - ``pair``: the B clean pairs followed by the ITM negative pairs, in one encoder call; or
-  (``swap_negatives``, ViLT) the B pairs with the negatives' images swapped in place.
+  (``swap_negatives``, ViLT) the B pairs with the negatives' images swapped in place. With
+  unimodal towers, when the step needs the ``text`` and ``image`` views too (FLAVA), the
+  pairs are fused from those views' tower states re-indexed, so the towers run once on the
+  clean batch instead of again on every pair.
 - ``text`` / ``image``: one modality alone; with a unimodal tower the pass stops after it
   (``fuse=False``, FLAVA), else the shared encoder runs on that modality alone. The image view
   may drop a random share of patches (FLIP) in training.
@@ -12,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +93,8 @@ class StepViews:
         batch: the step's batch dict.
         options: :class:`ViewOptions`.
         generator: randomness for patch dropout and ITM negatives.
+        planned: the views this step's heads will ask for (lets ``pair`` reuse the towers of
+            ``text`` and ``image``); None = unknown, nothing is reused.
     """
 
     def __init__(
@@ -98,8 +103,10 @@ class StepViews:
         batch: Mapping[str, Any],
         options: ViewOptions,
         generator: torch.Generator,
+        planned: Collection[str] | None = None,
     ) -> None:
         self.model, self.batch, self.options, self.generator = model, batch, options, generator
+        self.planned = frozenset(planned or ())
         self._cache: dict[str, Any] = {}
         #: view names in the order they were computed (each appears once).
         self.computed: list[str] = []
@@ -160,16 +167,36 @@ class StepViews:
         mask = b.get(keys.ATTENTION_MASK)
         rows = torch.arange(ids.shape[0], device=ids.device)
         if self.options.swap_negatives:  # ViLT: B sequences, negatives swapped in place
+            text_rows = rows
             image_rows = rows.index_put((neg.text_index,), neg.image_index)
             labels = torch.ones_like(rows).index_put((neg.text_index,), rows.new_zeros(()))
-            out = self.model(input_ids=ids, attention_mask=mask, pixel_values=pixels[image_rows])
-            return PairView(encoder=out, itm_labels=labels, negatives=neg)
-        text_rows = torch.cat([rows, neg.text_index])
-        image_rows = torch.cat([rows, neg.image_index])
-        out = self.model(
-            input_ids=ids[text_rows],  # (B + K, T)
-            attention_mask=None if mask is None else mask[text_rows],
-            pixel_values=pixels[image_rows],  # (B + K, C, H, W)
-        )
-        labels = torch.cat([ids.new_ones(ids.shape[0]), ids.new_zeros(len(neg))])
+        else:  # the B positives, then the K negatives
+            text_rows = torch.cat([rows, neg.text_index])
+            image_rows = torch.cat([rows, neg.image_index])
+            labels = torch.cat([ids.new_ones(ids.shape[0]), ids.new_zeros(len(neg))])
+        if self._reuse_towers():
+            text, image = (
+                self["text"].unimodal_states["text"],
+                self["image"].unimodal_states["image"],
+            )
+            out = self.model.fuse_unimodal(
+                text[text_rows], None if mask is None else mask[text_rows], image[image_rows]
+            )
+        else:
+            out = self.model(
+                input_ids=ids[text_rows],  # (B + K, T)
+                attention_mask=None if mask is None else mask[text_rows],
+                pixel_values=pixels[image_rows],  # (B + K, C, H, W)
+            )
         return PairView(encoder=out, itm_labels=labels, negatives=neg)
+
+    def _reuse_towers(self) -> bool:
+        """Whether ``pair`` can fuse the ``text`` / ``image`` views' tower states: the model has
+        both towers, the step needs both views anyway, and the image view is the full grid."""
+        m = self.model
+        return (
+            getattr(m, "text_tower", None) is not None
+            and getattr(m, "image_tower", None) is not None
+            and {"text", "image"} <= self.planned
+            and not (self.options.patch_dropout > 0 and m.training)
+        )

@@ -81,6 +81,26 @@ class OneTowerPreTrainedModel(PreTrainedModel):
         return (model, info) if want_info else model
 
 
+class _Streams:
+    """The streams of one pass, gathered in sequence order before fusion."""
+
+    def __init__(self) -> None:
+        self.parts: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor | None] = []
+        self.segments: list[torch.Tensor] = []
+        self.slices: dict[str, slice] = {}
+        self.cls_positions: dict[str, int] = {}
+
+    def add(self, name: str, x: torch.Tensor, valid: torch.Tensor | None, segment: int) -> int:
+        """Append a stream `(B, L_m, D)`; returns where it starts along L."""
+        start = sum(p.shape[1] for p in self.parts)
+        self.parts.append(x)
+        self.masks.append(valid)
+        self.segments.append(torch.full((x.shape[1],), segment, device=x.device, dtype=torch.long))
+        self.slices[name] = slice(start, start + x.shape[1])
+        return start
+
+
 class OneTowerModel(OneTowerPreTrainedModel):
     """The shared encoder. See :class:`~onetower.OneTowerConfig` for its options.
 
@@ -169,15 +189,9 @@ class OneTowerModel(OneTowerPreTrainedModel):
                 f"image_segment {image_segment} is out of range: the model has "
                 f"{self.config.num_segments} segments (0 = text)"
             )
-        seg = self.segment_embeddings.weight
-        parts: list[torch.Tensor] = []
-        masks: list[torch.Tensor | None] = []
-        segments: list[torch.Tensor] = []
-        slices: dict[str, slice] = {}
-        cls_positions: dict[str, int] = {}
+        streams = _Streams()
         unimodal: dict[str, torch.Tensor] = {}
         grid = None
-
         if input_ids is not None:
             x = self.text(input_ids)  # (B, T, D)
             valid = None if attention_mask is None else attention_mask.bool()
@@ -189,14 +203,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
                 x, valid = self._keep_text(x, valid, text_keep_ids)
             if self.text_tower is not None:
                 unimodal["text"], x = self.text_tower(x, valid)
-            parts.append(x + seg[TEXT_SEGMENT])
-            masks.append(valid)
-            segments.append(
-                torch.full((x.shape[1],), TEXT_SEGMENT, device=x.device, dtype=torch.long)
-            )
-            slices["text"] = slice(0, x.shape[1])
-            cls_positions["text"] = 0
-
+            self._add_text(streams, x, valid)
         if pixel_values is not None:
             x, valid, grid = self.image(
                 pixel_values, image_keep_ids, bool_masked_pos, interpolate_pos_encoding
@@ -205,45 +212,88 @@ class OneTowerModel(OneTowerPreTrainedModel):
                 valid = self._patch_valid(patch_attention_mask.bool(), image_keep_ids, valid, grid)
             if self.image_tower is not None:
                 unimodal["image"], x = self.image_tower(x, valid)
-            start = sum(p.shape[1] for p in parts)
-            prefix = self.image.num_prefix_tokens
-            parts.append(x + seg[image_segment])
-            masks.append(valid)
-            segments.append(
-                torch.full((x.shape[1],), image_segment, device=x.device, dtype=torch.long)
-            )
-            slices["image"] = slice(start, start + x.shape[1])
-            slices["image_patches"] = slice(start + prefix, start + x.shape[1])
-            if prefix:
-                cls_positions["image"] = start
-
-        key_mask = self._joint_mask(masks, [p.shape[1] for p in parts])  # (B, L) or None
+            self._add_image(streams, x, valid, image_segment)
         if not fuse:
-            missing = [m for m in slices if m in ("text", "image") and m not in unimodal]
+            missing = [m for m in streams.slices if m in ("text", "image") and m not in unimodal]
             if missing:
                 raise ValueError(
                     f"fuse=False needs a unimodal tower for {missing}; the model has none"
                 )
-            parts = [unimodal[m] for m in ("text", "image") if m in unimodal]
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, L, D)
+            streams.parts = [unimodal[m] for m in ("text", "image") if m in unimodal]
+        out = self._encode(streams, fuse, output_hidden_states)
+        out.image_keep_ids, out.text_keep_ids, out.image_grid = image_keep_ids, text_keep_ids, grid
+        out.unimodal_states = unimodal
+        return out
+
+    def fuse_unimodal(
+        self,
+        text_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        image_states: torch.Tensor,
+        image_segment: int = IMAGE_SEGMENT,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        """The fusion half of :meth:`forward`, on unimodal tower outputs.
+
+        ``forward(input_ids, attention_mask, pixel_values)`` equals
+        ``fuse_unimodal(t.unimodal_states["text"], attention_mask, i.unimodal_states["image"])``
+        with ``t``, ``i`` the ``fuse=False`` text and image passes. Their rows may be re-paired
+        first: FLAVA-style ITM pairs then reuse the towers' clean pass instead of running the
+        towers again on every pair.
+
+        Args:
+            text_states: `(B, T, D)` text tower outputs (every token; no ``text_keep_ids``).
+            attention_mask: `(B, T)` 1 = real token, or None.
+            image_states: `(B, prefix + N, D)` image tower outputs (the full patch grid).
+            image_segment, output_hidden_states: as in :meth:`forward`.
+        """
+        if self.text_tower is None or self.image_tower is None:
+            raise ValueError("fuse_unimodal needs a model with both unimodal towers")
+        if text_states.shape[0] != image_states.shape[0]:
+            raise ValueError(
+                f"text states have {text_states.shape[0]} rows, image states {image_states.shape[0]}"
+            )
+        streams = _Streams()
+        valid = None if attention_mask is None else attention_mask.bool()
+        self._add_text(streams, self.text_tower.to_fusion(text_states), valid)
+        self._add_image(streams, self.image_tower.to_fusion(image_states), None, image_segment)
+        out = self._encode(streams, True, output_hidden_states)
+        n_patches = image_states.shape[1] - self.image.num_prefix_tokens
+        out.image_grid = self.image.grid if n_patches == self.image.num_patches else None
+        out.unimodal_states = {"text": text_states, "image": image_states}
+        return out
+
+    def _add_text(self, s: _Streams, x: torch.Tensor, valid: torch.Tensor | None) -> None:
+        s.add("text", x + self.segment_embeddings.weight[TEXT_SEGMENT], valid, TEXT_SEGMENT)
+        s.cls_positions["text"] = 0
+
+    def _add_image(
+        self, s: _Streams, x: torch.Tensor, valid: torch.Tensor | None, segment: int
+    ) -> None:
+        start = s.add("image", x + self.segment_embeddings.weight[segment], valid, segment)
+        prefix = self.image.num_prefix_tokens
+        s.slices["image_patches"] = slice(start + prefix, start + x.shape[1])
+        if prefix:
+            s.cls_positions["image"] = start
+
+    def _encode(self, s: _Streams, fuse: bool, output_hidden_states: bool) -> EncoderOutput:
+        """Concatenate the streams, run the fusion encoder (if ``fuse``) and pool."""
+        key_mask = self._joint_mask(s.masks, [p.shape[1] for p in s.parts])  # (B, L) or None
+        x = torch.cat(s.parts, dim=1) if len(s.parts) > 1 else s.parts[0]  # (B, L, D)
         B, L, _ = x.shape
-        split = slices["text"].stop if "text" in slices else 0
+        split = s.slices["text"].stop if "text" in s.slices else 0
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
         hidden = None
         if fuse:
             x, hidden = self.encoder(x, attn_mask, split, return_all=output_hidden_states)
-        pooled = self._pool_token(x, cls_positions, slices, key_mask)
+        pooled = self._pool_token(x, s.cls_positions, s.slices, key_mask)
         return EncoderOutput(
             last_hidden_state=x,
             pooler_output=self.pooler(pooled) if fuse else pooled,
             attention_mask=key_mask,
-            segment_ids=torch.cat(segments).expand(B, L),
-            modality_slices=slices,
-            cls_positions=cls_positions,
-            image_keep_ids=image_keep_ids,
-            text_keep_ids=text_keep_ids,
-            image_grid=grid,
-            unimodal_states=unimodal,
+            segment_ids=torch.cat(s.segments).expand(B, L),
+            modality_slices=s.slices,
+            cls_positions=s.cls_positions,
             hidden_states=hidden,
         )
 

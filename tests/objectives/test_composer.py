@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from onetower.data import keys
-from onetower.objectives import OBJECTIVES, ObjectiveComposer
+from onetower.objectives import OBJECTIVES, ObjectiveComposer, StepViews
 
 FULL = {
     "mlm": {"weight": 1.0},
@@ -113,3 +113,32 @@ def test_per_step_generator_reproduces_negatives(model_factory, batch_factory):
     comp(batch)  # advances the composer's own generator, which must not matter below
     again = comp(batch, generator=torch.Generator().manual_seed(5)).loss
     torch.testing.assert_close(first, again, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_flava_pairs_reuse_the_clean_tower_pass(model_factory, batch_factory, swap):
+    """With towers and the text / image views in the step, ITM pairs are fused from those
+    views' tower states: the same losses and gradients as encoding every pair from scratch,
+    with each tower run once on the clean batch instead of again on the pairs."""
+    objectives = {
+        "itm": {"weight": 1.0, "negatives": "random", "neg_ratio": 0.5, "swap": swap},
+        "contrastive": {"weight": 1.0},
+    }
+    batch, results = batch_factory(), []
+    for planned in ({"pair", "text", "image"}, None):  # None: no plan, nothing reused
+        model = model_factory(text_tower_layers=1, image_tower_layers=1)
+        comp = ObjectiveComposer.from_config(model, objectives, seed=0)
+        tower_calls = _count_calls(model.text_tower)
+        views = StepViews(model, batch, comp.view_options, torch.Generator().manual_seed(0),
+                          planned)  # fmt: skip
+        losses = {n: h({v: views[v] for v in h.views}, batch).loss for n, h in comp.heads.items()}
+        sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in comp.named_parameters() if p.grad is not None}
+        results.append((losses, grads, tower_calls[0]))
+    (losses, grads, calls), (ref_losses, ref_grads, ref_calls) = results
+    assert (calls, ref_calls) == (1, 2)
+    for k in ref_losses:
+        torch.testing.assert_close(losses[k], ref_losses[k], atol=1e-5, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for n in ref_grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
