@@ -191,6 +191,17 @@ def pools(a, tok, device) -> dict[str, list[tuple[Contender, str | None]]]:
         off = recipe_step("m3ae_like", size, a.batch, device, tok, "m3ae_like, masking off",
                           edit_batch=_unmasked, optimizer_fused=fused)  # fmt: skip
         rows = [(m3, "m3ae_like, masking off"), (off, None)]
+        # M3AE's own decoder is narrower than its encoder: 8 x 512 after 12 x 768 (base) costs
+        # 0.30 of the encoder per token; width / 2 and the encoder's depth here cost 0.25.
+        # The recipe's decoder (full width, depth 2 after 4) costs 0.5.
+        prop = [*size, f"objectives.m3ae.decoder_dim={a.width // 2}",
+                f"objectives.m3ae.decoder_depth={a.depth}"]  # fmt: skip
+        m3p = recipe_step("m3ae_like", prop, a.batch, device, tok,
+                          "m3ae_like, M3AE decoder proportions (75% masked)", optimizer_fused=fused)  # fmt: skip
+        offp = recipe_step("m3ae_like", prop, a.batch, device, tok,
+                           "m3ae_like, M3AE decoder proportions, masking off", edit_batch=_unmasked,
+                           optimizer_fused=fused)  # fmt: skip
+        rows += [(m3p, "m3ae_like, M3AE decoder proportions, masking off"), (offp, None)]
         if not a.no_ablations:
             rows.append(
                 (recipe_step("beit3_like", size, a.batch, device, tok, optimizer_fused=fused), None)
