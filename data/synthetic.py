@@ -26,7 +26,7 @@ from pathlib import Path
 
 from onetower.data.tokenizer import train_wordpiece_tokenizer
 from onetower.data.world import WORLD_VERSION, caption, render, sample_scene
-from onetower.data.world_tasks import questions, statement
+from onetower.data.world_tasks import STATEMENT_KINDS, questions, statement
 
 VQA_SUBTYPES = {"train": "train2014", "validation": "val2014"}
 NLVR2_SPLITS = {"train": "train", "validation": "dev"}
@@ -148,11 +148,11 @@ def write_nlvr2(out: Path, spec: WorldSpec) -> list[str]:
         image_dir.mkdir(parents=True, exist_ok=True)
         with open(out / f"{name}.json", "w", encoding="utf-8") as f:
             for set_id in range(n):
-                label = rng.random() < 0.5
+                label, kind = rng.random() < 0.5, rng.choice(STATEMENT_KINDS)
                 sentence = None
                 while sentence is None:  # resample the pair if no statement fits the label
                     left, right = sample_scene(rng), sample_scene(rng)
-                    sentence = statement(left, right, rng, label)
+                    sentence = statement(left, right, rng, label, kind)
                 prefix = f"{name}-{set_id}-0"
                 render(left, spec.image_size).save(image_dir / f"{prefix}-img0.png")
                 render(right, spec.image_size).save(image_dir / f"{prefix}-img1.png")

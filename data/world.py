@@ -41,8 +41,9 @@ CELL_NAMES = (
 )
 #: Fraction of a cell's free margin by which an object may move off the cell centre (0: none).
 POSITION_JITTER = 0.0
-#: Bumped whenever rendering or sampling changes, so cached worlds on disk are not reused.
-WORLD_VERSION = 2
+#: Bumped whenever rendering or sampling changes, so cached worlds on disk are not reused
+#: (2: centred shapes, light backgrounds; 3: NLVR2 statements with no text-only shortcut).
+WORLD_VERSION = 3
 #: Probability of 1, 2 and 3 objects: few single-object scenes keep captions mostly unique.
 COUNT_WEIGHTS = (0.2, 0.4, 0.4)
 

@@ -92,24 +92,35 @@ def questions(scene: Scene, rng: random.Random, k: int = 3) -> list[QA]:
     return out
 
 
-def _statement(left: Scene, right: Scene, rng: random.Random) -> tuple[str, bool]:
-    kind = rng.randrange(4)
+#: NLVR2 statement kinds; a statement's kind is drawn before (and apart from) its label.
+STATEMENT_KINDS = ("more", "both", "total", "side")
+
+
+def _near(count: int, rng: random.Random, top: int) -> int | None:
+    """A number for "exactly N" claims: the true count half the time, else one off it, so a
+    number alone says nothing about the truth (None when it falls outside 1..top)."""
+    n = count + rng.choice((-1, 0, 0, 1))
+    return n if 1 <= n <= top else None
+
+
+def _statement(kind: str, left: Scene, right: Scene, rng: random.Random) -> tuple[str, bool] | None:
     colour, shape = rng.choice(tuple(COLOURS)), rng.choice(SHAPES)
-    if kind == 0:
+    if kind == "more":
         first, second = rng.choice((("left", "right"), ("right", "left")))
         a, b = (left, right) if first == "left" else (right, left)
         return (
             f"the {first} image has more {colour} shapes than the {second} image",
             a.count(colour=colour) > b.count(colour=colour),
         )
-    if kind == 1:
+    if kind == "both":
         return (
             f"both images contain a {shape}",
             left.count(shape=shape) > 0 and right.count(shape=shape) > 0,
         )
-    if kind == 2:
-        n = rng.randrange(1, 7)
+    if kind == "total":
         total = left.count(shape=shape) + right.count(shape=shape)
+        if (n := _near(total, rng, len(NUMBER_WORDS) - 1)) is None:
+            return None
         text = (
             f"there are exactly {NUMBER_WORDS[n]} {shape}s in total"
             if n != 1
@@ -117,20 +128,28 @@ def _statement(left: Scene, right: Scene, rng: random.Random) -> tuple[str, bool
         )
         return text, total == n
     side = rng.choice(("left", "right"))
-    n = rng.randrange(1, 4)
-    scene = left if side == "left" else right
+    count = (left if side == "left" else right).count(colour=colour)
+    if (n := _near(count, rng, 3)) is None:
+        return None
     return (
         f"the {side} image contains exactly {NUMBER_WORDS[n]} {colour} shapes"
         if n != 1
         else f"the {side} image contains exactly one {colour} shape",
-        scene.count(colour=colour) == n,
+        count == n,
     )
 
 
-def statement(left: Scene, right: Scene, rng: random.Random, label: bool) -> str | None:
-    """A statement about the pair whose truth is ``label`` (None if none found in 64 tries)."""
+def statement(
+    left: Scene, right: Scene, rng: random.Random, label: bool, kind: str | None = None
+) -> str | None:
+    """A statement of ``kind`` (default: drawn) about the pair whose truth is ``label``; None
+    if none is found in 64 tries (draw another pair then, keeping kind and label, so that
+    neither the kind nor a number in the text predicts the label)."""
+    kind = kind or rng.choice(STATEMENT_KINDS)
+    if kind not in STATEMENT_KINDS:
+        raise ValueError(f"unknown statement kind {kind!r}; kinds are {STATEMENT_KINDS}")
     for _ in range(64):
-        text, truth = _statement(left, right, rng)
-        if truth == label:
-            return text
+        drawn = _statement(kind, left, right, rng)
+        if drawn is not None and drawn[1] == label:
+            return drawn[0]
     return None

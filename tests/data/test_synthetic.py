@@ -24,7 +24,7 @@ from onetower.data.world import (
     render,
     sample_scene,
 )
-from onetower.data.world_tasks import questions
+from onetower.data.world_tasks import STATEMENT_KINDS, questions, statement
 
 
 def _rows(split_dir):
@@ -194,3 +194,29 @@ def test_cli_writes_world(tmp_path):
     )
     assert len(_rows(tmp_path / "cli" / "pairs" / "train")) == 5
     assert (tmp_path / "cli" / "tokenizer" / "tokenizer.json").exists()
+
+
+def test_nlvr2_statements_unguessable_from_their_text():
+    """The labels of the NLVR2 statements cannot be read from the text: every kind is true
+    about half the time, and the best text-only predictor (majority label per statement,
+    numbers included) is near chance. World version 2 let a model score 85% on the "in total"
+    statements with blank images (the false ones named numbers that no pair reaches)."""
+    rng = random.Random(0)
+    rows = []
+    for _ in range(4000):  # as write_nlvr2 draws them
+        label, kind = rng.random() < 0.5, rng.choice(STATEMENT_KINDS)
+        sentence = None
+        while sentence is None:
+            sentence = statement(sample_scene(rng), sample_scene(rng), rng, label, kind)
+        rows.append((kind, sentence, label))
+    for kind in STATEMENT_KINDS:
+        labels = [label for k, _, label in rows if k == kind]
+        assert len(labels) > 800 and 0.45 < np.mean(labels) < 0.55, kind
+    half = len(rows) // 2
+    by_text = defaultdict(Counter)
+    for _, sentence, label in rows[:half]:
+        by_text[sentence][label] += 1
+    majority = {s: c.most_common(1)[0][0] for s, c in by_text.items()}
+    test = rows[half:]
+    acc = np.mean([majority.get(s, False) == label for _, s, label in test])
+    assert acc < 0.5 + 4 * np.sqrt(0.25 / len(test)), acc
