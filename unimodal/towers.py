@@ -42,15 +42,17 @@ class UnimodalTower(nn.Module):
         self.to_fusion = nn.Linear(dim, dim)
 
     def forward(
-        self, x: torch.Tensor, valid: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, x: torch.Tensor, valid: torch.Tensor | None = None, project: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Args:
             x: embedded tokens `(B, L, D)`.
             valid: bool `(B, L)` real-token mask, or None without padding.
+            project: also project into the fusion space; False for passes that stop after
+                the tower or project later (``OneTowerModel.fuse_unimodal``).
 
         Returns:
-            ``(tower states (B, L, D), projected into the fusion space (B, L, D))``.
+            ``(tower states (B, L, D), projected into the fusion space (B, L, D) or None)``.
         """
         attn_mask = None if valid is None else valid[:, None, None, :]  # (B, 1, 1, L)
         states, _ = self.encoder(x, attn_mask)
-        return states, self.to_fusion(states)
+        return states, self.to_fusion(states) if project else None

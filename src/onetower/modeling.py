@@ -201,8 +201,9 @@ class OneTowerModel(OneTowerPreTrainedModel):
                 )
             if text_keep_ids is not None:  # drop after the positions are added, like patches
                 x, valid = self._keep_text(x, valid, text_keep_ids)
-            if self.text_tower is not None:
-                unimodal["text"], x = self.text_tower(x, valid)
+            if self.text_tower is not None:  # projected into fusion only when fusing
+                unimodal["text"], projected = self.text_tower(x, valid, project=fuse)
+                x = projected if fuse else unimodal["text"]
             self._add_text(streams, x, valid)
         if pixel_values is not None:
             x, valid, grid = self.image(
@@ -210,8 +211,9 @@ class OneTowerModel(OneTowerPreTrainedModel):
             )  # (B, prefix + Nk, D)
             if patch_attention_mask is not None:
                 valid = self._patch_valid(patch_attention_mask.bool(), image_keep_ids, valid, grid)
-            if self.image_tower is not None:
-                unimodal["image"], x = self.image_tower(x, valid)
+            if self.image_tower is not None:  # projected into fusion only when fusing
+                unimodal["image"], projected = self.image_tower(x, valid, project=fuse)
+                x = projected if fuse else unimodal["image"]
             self._add_image(streams, x, valid, image_segment)
         if not fuse:
             missing = [m for m in streams.slices if m in ("text", "image") and m not in unimodal]
