@@ -179,6 +179,11 @@ def pools(a, tok, device) -> dict[str, list[tuple[Contender, str | None]]]:
     if "flava" in a.pools:
         rows = [(recipe_step("flava_like", flava, a.batch, device, tok, optimizer_fused=fused), "HF FLAVA"),
                 (hf_flava(tok, a, device, fused), None)]  # fmt: skip
+        # FLAVA's own layout: ITM on the masked pass (half the rows get another image, as the
+        # HF FLAVA peer's itm_labels), MLM / MIM on the matched rows; no ITM pass of its own
+        masked_itm = [*flava, "objectives.itm.masked_pass=true", "objectives.itm.neg_ratio=0.5"]
+        rows.append((recipe_step("flava_like", masked_itm, a.batch, device, tok,
+                                 "flava_like, ITM on the masked pass", optimizer_fused=fused), "HF FLAVA"))  # fmt: skip
         if not a.no_ablations:
             pd = recipe_step("flava_like", [*flava, "objectives.contrastive.patch_dropout=0.5"], a.batch,
                              device, tok, "flava_like, patch dropout 0.5", optimizer_fused=fused)  # fmt: skip

@@ -127,7 +127,8 @@ class ObjectiveComposer(nn.Module):
     def _view_options(self) -> ViewOptions:
         """Collect how views are built from optional head attributes: ``masking`` (MIM),
         ``text_masking == "drop"`` (M3AE),
-        ``patch_dropout`` (contrastive), ``negatives`` + ``sampler_views`` (ITM)."""
+        ``patch_dropout`` (contrastive), ``negatives`` + ``sampler_views`` + ``masked_pass``
+        (ITM)."""
         opts = ViewOptions()
         for head in self.heads.values():
             if hasattr(head, "masking"):
@@ -140,6 +141,13 @@ class ObjectiveComposer(nn.Module):
                 opts.negatives = head.negatives
                 opts.sampler_views = tuple(getattr(head, "sampler_views", ()))
                 opts.swap_negatives = getattr(head, "swap", False)
+                opts.itm_masked_pass = getattr(head, "masked_pass", False)
+        if opts.itm_masked_pass and (opts.mim_masking == "drop" or opts.drop_text):
+            # dropped tokens leave no per-row mask for loss_batch to restrict to the positives
+            raise ValueError(
+                "itm masked_pass=true needs mask-token MIM (masking: mask_token) and [MASK]ed "
+                "text; it cannot be combined with dropped patches or dropped text tokens"
+            )
         return opts
 
     def active_heads(self, batch: Mapping[str, Any]) -> list[str]:
@@ -180,7 +188,8 @@ class ObjectiveComposer(nn.Module):
         metrics: dict[str, torch.Tensor] = {}
         for name in active:
             head = self.heads[name]
-            out = head({v: views[v] for v in head.views}, batch)
+            head_views = {v: views[v] for v in head.views}  # resolved before loss_batch
+            out = head(head_views, views.loss_batch())
             weighted = self.weights[name] * out.loss
             total = weighted if total is None else total + weighted
             losses[f"{name}_loss"] = out.loss.detach()

@@ -2,7 +2,9 @@
 
 The ``pair`` view encodes the B clean pairs and the negative pairs this head draws (see
 :meth:`ITMHead.negatives`) in one extra encoder call, as ALBEF / ViLT run their matching
-passes; labels are 1 for the B positives, 0 for the negatives.
+passes; labels are 1 for the B positives, 0 for the negatives. With ``masked_pass`` (FLAVA)
+there is no extra call: the negatives replace their rows in the ``masked_pair`` view and the
+masked-modeling losses skip those rows.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class ITMHead(nn.Module):
         swap: random mode only: each negative *replaces* its positive in the ``pair`` view
             (ViLT: B sequences, ``neg_ratio`` of them with a swapped image) instead of being
             appended after the B positives (B + K sequences, more work per step).
+        masked_pass: random mode only: classify the rows of the ``masked_pair`` view, where
+            ``neg_ratio`` of the B rows get another image (FLAVA computes ITM on its masked
+            multimodal pass, then MLM / MIM on the positive rows only); no pass of its own.
     """
 
     views = (PAIR,)
@@ -58,11 +63,19 @@ class ITMHead(nn.Module):
         neg_ratio: float = 1.0,
         similarity: Similarity | None = None,
         swap: bool = False,
+        masked_pass: bool = False,
     ) -> None:
         super().__init__()
         if swap and negatives != "random":
             raise ValueError("itm swap=true needs negatives=random (hard negatives add pairs)")
-        self.swap = swap
+        if masked_pass and negatives != "random":
+            raise ValueError("itm masked_pass=true needs negatives=random (rows are replaced)")
+        if masked_pass and neg_ratio >= 1.0:
+            raise ValueError(
+                "itm masked_pass=true needs neg_ratio < 1: the masked-modeling losses keep only "
+                f"the positive rows, and neg_ratio={neg_ratio} leaves none"
+            )
+        self.swap, self.masked_pass = swap or masked_pass, masked_pass
         if negatives not in NEGATIVE_MODES:
             raise ValueError(f"itm negatives must be one of {NEGATIVE_MODES}, got {negatives!r}")
         if not 0.0 < neg_ratio <= 1.0:
@@ -124,8 +137,9 @@ def build_itm(
     negatives: str = "random",
     neg_ratio: float = 1.0,
     swap: bool = False,
+    masked_pass: bool = False,
 ) -> ITMHead:
     """ITM head; hard negatives reuse the contrastive head's similarity when it is built."""
     contrastive = built.get("contrastive")
     similarity = getattr(contrastive, "similarity", None) if negatives == "hard" else None
-    return ITMHead(model.config.hidden_size, negatives, neg_ratio, similarity, swap)
+    return ITMHead(model.config.hidden_size, negatives, neg_ratio, similarity, swap, masked_pass)

@@ -4,7 +4,10 @@
   dropping patches (``image_keep_ids``) or by the mask token (``bool_masked_pos``);
   whichever streams the batch has.
 - ``pair``: the B clean pairs followed by the ITM negative pairs, in one encoder call; or
-  (``swap_negatives``, ViLT) the B pairs with the negatives' images swapped in place. With
+  (``swap_negatives``, ViLT) the B pairs with the negatives' images swapped in place; or
+  (``itm_masked_pass``, FLAVA) the ``masked_pair`` view itself, whose negative rows got
+  another image, with no encoder call of its own (:meth:`StepViews.loss_batch` then drops
+  those rows from the MLM / MIM labels). With
   unimodal towers, when the step needs the ``text`` and ``image`` views too (FLAVA), the
   pairs are fused from those views' tower states re-indexed, so the towers run once on the
   clean batch instead of again on every pair.
@@ -24,7 +27,7 @@ from torch import nn
 
 from onetower.data import keys
 from onetower.data.masking import keep_ids_from_mask
-from onetower.objectives.base import VIEW_NAMES
+from onetower.objectives.base import IGNORE_INDEX, VIEW_NAMES
 from onetower.objectives.itm_negatives import NegativePairs
 from onetower.outputs import EncoderOutput
 
@@ -57,6 +60,8 @@ class ViewOptions:
         drop_text: encode only the kept text tokens (``TEXT_KEEP_IDS``, M3AE) in
             ``masked_pair`` instead of the [MASK]-corrupted text.
         swap_negatives: ITM negatives replace their positives in ``pair`` (see ``PairView``).
+        itm_masked_pass: ITM negatives replace their positives' images in ``masked_pair``,
+            which then is the ``pair`` view too (FLAVA).
     """
 
     mim_masking: str | None = None
@@ -65,6 +70,7 @@ class ViewOptions:
     negatives: Callable[..., NegativePairs] | None = None
     sampler_views: tuple[str, ...] = field(default_factory=tuple)
     swap_negatives: bool = False
+    itm_masked_pass: bool = False
 
 
 def random_keep_ids(
@@ -108,6 +114,8 @@ class StepViews:
         self.model, self.batch, self.options, self.generator = model, batch, options, generator
         self.planned = frozenset(planned or ())
         self._cache: dict[str, Any] = {}
+        #: (itm labels, negatives) drawn for the masked pass (``itm_masked_pass``), else None
+        self._masked_itm: tuple[torch.Tensor, NegativePairs] | None = None
         #: view names in the order they were computed (each appears once).
         self.computed: list[str] = []
 
@@ -134,6 +142,8 @@ class StepViews:
             args.update(self._text_args(text_key))
         if keys.PIXEL_VALUES in b:
             args["pixel_values"] = b[keys.PIXEL_VALUES]
+            if self.options.itm_masked_pass and keys.INPUT_IDS in b:
+                args["pixel_values"] = b[keys.PIXEL_VALUES][self._draw_masked_negatives()]
             keep, mask = b.get(keys.IMAGE_KEEP_IDS), b.get(keys.MIM_MASK)
             # A batch without MIM keys (e.g. MLM-only data) keeps its image clean.
             if self.options.mim_masking == "drop" and (keep is not None or mask is not None):
@@ -157,10 +167,42 @@ class StepViews:
         fuse = getattr(self.model, "image_tower", None) is None
         return self.model(pixel_values=pixels, image_keep_ids=keep, fuse=fuse)
 
+    def _draw_masked_negatives(self) -> torch.Tensor:
+        """Draw this step's ITM negatives for the masked pass; returns the image row of each of
+        the B rows (negatives get another sample's image, ViLT's swap layout)."""
+        if self.options.negatives is None:
+            raise RuntimeError("itm_masked_pass needs an ITM negative sampler")
+        sampler_views = {name: self[name] for name in self.options.sampler_views}
+        neg = self.options.negatives(self.batch, sampler_views, self.generator)
+        rows = torch.arange(self.batch[keys.INPUT_IDS].shape[0], device=neg.text_index.device)
+        labels = torch.ones_like(rows).index_put((neg.text_index,), rows.new_zeros(()))
+        self._masked_itm = (labels, neg)
+        return rows.index_put((neg.text_index,), neg.image_index)
+
+    def loss_batch(self) -> Mapping[str, Any]:
+        """The batch the heads score against: as given, except that after an ITM masked pass
+        (FLAVA) the rows that got another image are dropped from the MLM labels and the MIM
+        mask, so masked modeling is learned from matched pairs only (FLAVA's ``pos_mask``)."""
+        if self._masked_itm is None:
+            return self.batch
+        matched = self._masked_itm[0].bool()[:, None]  # (B, 1)
+        b = dict(self.batch)
+        if keys.MLM_LABELS in b:
+            b[keys.MLM_LABELS] = b[keys.MLM_LABELS].masked_fill(~matched, IGNORE_INDEX)
+        if keys.MIM_MASK in b:
+            b[keys.MIM_MASK] = b[keys.MIM_MASK].bool() & matched
+        return b
+
     def _pair(self) -> PairView:
         b = self.batch
         if self.options.negatives is None:
             raise RuntimeError("the pair view needs an ITM negative sampler")
+        if self.options.itm_masked_pass:
+            out = self["masked_pair"]
+            if self._masked_itm is None:
+                raise RuntimeError("itm_masked_pass: the masked_pair view had no image-text rows")
+            labels, neg = self._masked_itm
+            return PairView(encoder=out, itm_labels=labels, negatives=neg)
         sampler_views = {name: self[name] for name in self.options.sampler_views}
         neg = self.options.negatives(b, sampler_views, self.generator)
         ids, pixels = b[keys.INPUT_IDS], b[keys.PIXEL_VALUES]

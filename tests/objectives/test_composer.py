@@ -142,3 +142,65 @@ def test_flava_pairs_reuse_the_clean_tower_pass(model_factory, batch_factory, sw
     assert grads.keys() == ref_grads.keys()
     for n in ref_grads:
         torch.testing.assert_close(grads[n], ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+FLAVA_MASKED_ITM = {
+    "mlm": {"weight": 1.0},
+    "mim": {"weight": 1.0, "target": "pixel", "masking": "mask_token", "decoder_depth": 0},
+    "itm": {"weight": 1.0, "negatives": "random", "neg_ratio": 0.5, "masked_pass": True},
+    "contrastive": {"weight": 1.0},
+}
+
+
+def test_itm_on_the_masked_pass_like_flava(model_factory, batch_factory):
+    """FLAVA: ITM classifies the masked multimodal pass, whose negative rows got another image;
+    MLM / MIM then learn from the matched rows only, and no pass of its own is run for ITM."""
+    model = model_factory(text_tower_layers=1, image_tower_layers=1, use_mask_token=True)
+    comp = ObjectiveComposer.from_config(model, FLAVA_MASKED_ITM, seed=0)
+    fusion_calls = _count_calls(model.encoder)
+    batch = batch_factory(batch_size=6, mim_count=8)
+    views = StepViews(model, batch, comp.view_options, torch.Generator().manual_seed(0))
+    pair = views["pair"]
+    assert views.computed == ["masked_pair", "pair"] and fusion_calls[0] == 1
+    labels, neg = pair.itm_labels, pair.negatives
+    assert pair.encoder is views["masked_pair"] and labels.tolist().count(0) == 3
+    # every row by hand: [MASK]ed text, masked image, its own or the swapped-in image
+    for t in range(6):
+        swapped = (neg.text_index == t).nonzero().flatten()
+        i = int(neg.image_index[swapped[0]]) if len(swapped) else t
+        assert int(labels[t]) == int(i == t)
+        out = model(
+            input_ids=batch[keys.MLM_INPUT_IDS][t : t + 1],
+            attention_mask=batch[keys.ATTENTION_MASK][t : t + 1],
+            pixel_values=batch[keys.PIXEL_VALUES][i : i + 1],
+            bool_masked_pos=batch[keys.MIM_MASK][t : t + 1],
+        )
+        torch.testing.assert_close(out.pooler_output[0], pair.encoder.pooler_output[t])
+    # the masked-modeling losses ignore the negative rows' labels and use the positives'
+    scored = views.loss_batch()
+    negative = labels == 0
+    assert (scored[keys.MLM_LABELS][negative] == -100).all()
+    assert not scored[keys.MIM_MASK][negative].any()
+    assert torch.equal(scored[keys.MIM_MASK][~negative], batch[keys.MIM_MASK][~negative])
+    losses = []
+    for corrupt in (None, negative, ~negative):
+        b = dict(batch)
+        if corrupt is not None:  # new labels on some rows (same positions, other tokens)
+            b[keys.MLM_LABELS] = torch.where(
+                corrupt[:, None] & (b[keys.MLM_LABELS] != -100), 7, b[keys.MLM_LABELS]
+            )
+        losses.append(comp(b, generator=torch.Generator().manual_seed(0)).losses["mlm_loss"])
+    assert losses[0] == losses[1] and losses[0] != losses[2]
+
+
+def test_itm_masked_pass_bad_combinations(model_factory):
+    model = model_factory(use_mask_token=True)
+    itm = {"weight": 1.0, "masked_pass": True}
+    with pytest.raises(ValueError, match="neg_ratio < 1"):
+        ObjectiveComposer.from_config(model, {"itm": itm})
+    with pytest.raises(ValueError, match="needs negatives=random"):
+        ObjectiveComposer.from_config(model, {"itm": {**itm, "negatives": "hard"}})
+    with pytest.raises(ValueError, match="mask-token MIM"):
+        ObjectiveComposer.from_config(
+            model, {"itm": {**itm, "neg_ratio": 0.5}, "mim": {"weight": 1.0, "masking": "drop"}}
+        )
