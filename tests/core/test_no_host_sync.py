@@ -24,11 +24,31 @@ from onetower.training.build import build_composer, build_masker, build_model
 DEBUG = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "debug"
 SYNCS = {"aten::item", "aten::_local_scalar_dense", "aten::is_nonzero"}
 #: nonzero calls allowed per forward: MLM rows + labels, MIM rows + targets, ITM negatives.
-NONZERO_BUDGET = {"vilt_like": 3, "flava_like": 6, "m3ae_like": 5, "beit3_like": 4}
+NONZERO_BUDGET = {
+    "vilt_like": 3,
+    "flava_like": 6,
+    "flava_like, ITM on the masked pass": 5,
+    "m3ae_like": 5,
+    "beit3_like": 4,
+}
+
+
+#: variants of a recipe's debug config whose code paths differ (name -> (recipe, overrides))
+VARIANTS = {
+    "flava_like, ITM on the masked pass": (
+        "flava_like",
+        [
+            "objectives.itm.negatives=random",
+            "objectives.itm.masked_pass=true",
+            "objectives.itm.neg_ratio=0.5",
+        ],
+    )
+}
 
 
 def _composer_and_batch(recipe: str):
-    cfg = load_config(PretrainConfig, ["--config", str(DEBUG / f"{recipe}.yaml")])
+    recipe, overrides = VARIANTS.get(recipe, (recipe, []))
+    cfg = load_config(PretrainConfig, ["--config", str(DEBUG / f"{recipe}.yaml"), *overrides])
     tok = train_wordpiece_tokenizer(["a red circle left of a blue square"], vocab_size=512)
     model = build_model(cfg, tok)
     composer = build_composer(cfg, model).train()
