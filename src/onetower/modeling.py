@@ -91,12 +91,20 @@ class _Streams:
         self.slices: dict[str, slice] = {}
         self.cls_positions: dict[str, int] = {}
 
-    def add(self, name: str, x: torch.Tensor, valid: torch.Tensor | None, segment: int) -> int:
-        """Append a stream `(B, L_m, D)`; returns where it starts along L."""
+    def add(
+        self, name: str, x: torch.Tensor, valid: torch.Tensor | None, segment: int | torch.Tensor
+    ) -> int:
+        """Append a stream `(B, L_m, D)` with one segment id, or one per row (long `(B,)`);
+        returns where it starts along L."""
         start = sum(p.shape[1] for p in self.parts)
         self.parts.append(x)
         self.masks.append(valid)
-        self.segments.append(torch.full((x.shape[1],), segment, device=x.device, dtype=torch.long))
+        if isinstance(segment, torch.Tensor):  # (B, L_m)
+            self.segments.append(segment[:, None].expand(-1, x.shape[1]))
+        else:  # (1, L_m)
+            self.segments.append(
+                torch.full((1, x.shape[1]), segment, device=x.device, dtype=torch.long)
+            )
         self.slices[name] = slice(start, start + x.shape[1])
         return start
 
@@ -152,7 +160,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
         text_keep_ids: torch.Tensor | None = None,
         bool_masked_pos: torch.Tensor | None = None,
         patch_attention_mask: torch.Tensor | None = None,
-        image_segment: int = IMAGE_SEGMENT,
+        image_segment: int | torch.Tensor = IMAGE_SEGMENT,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool = False,
         fuse: bool = True,
@@ -170,7 +178,8 @@ class OneTowerModel(OneTowerPreTrainedModel):
             bool_masked_pos: bool `(B, N)` patches replaced by the mask token (BEiT / FLAVA).
             patch_attention_mask: bool `(B, N)` over the full patch grid, True = may be
                 attended (padded images); gathered by ``image_keep_ids`` when both are given.
-            image_segment: segment id of the image stream (1; 2 for NLVR2's second image).
+            image_segment: segment id of the image stream (1; 2 for NLVR2's second image), or
+                long `(B,)`, one per row (NLVR2's images of a pair encoded in one call).
             interpolate_pos_encoding: accept a patch grid other than the configured one by
                 resampling the learned position table.
             output_hidden_states: also return the input of every fusion block.
@@ -184,11 +193,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
         """
         if input_ids is None and pixel_values is None:
             raise ValueError("give input_ids, pixel_values or both")
-        if not 0 < image_segment < self.config.num_segments:
-            raise ValueError(
-                f"image_segment {image_segment} is out of range: the model has "
-                f"{self.config.num_segments} segments (0 = text)"
-            )
+        self._check_segment(image_segment, None if pixel_values is None else pixel_values.shape[0])
         streams = _Streams()
         unimodal: dict[str, torch.Tensor] = {}
         grid = None
@@ -265,14 +270,35 @@ class OneTowerModel(OneTowerPreTrainedModel):
         out.unimodal_states = {"text": text_states, "image": image_states}
         return out
 
+    def _check_segment(self, segment: int | torch.Tensor, rows: int | None) -> None:
+        n = self.config.num_segments
+        if isinstance(segment, torch.Tensor):
+            if segment.dim() != 1 or (rows is not None and segment.shape[0] != rows):
+                raise ValueError(
+                    f"image_segment must be an int or one id per row ({rows},), "
+                    f"got shape {tuple(segment.shape)}"
+                )
+            # a host sync on CUDA, so checked on CPU only (out-of-range ids fail in the lookup)
+            bad = segment.device.type == "cpu" and bool(((segment <= 0) | (segment >= n)).any())
+        else:
+            bad = not 0 < segment < n
+        if bad:
+            raise ValueError(
+                f"image_segment {segment} is out of range: the model has {n} segments (0 = text)"
+            )
+
     def _add_text(self, s: _Streams, x: torch.Tensor, valid: torch.Tensor | None) -> None:
         s.add("text", x + self.segment_embeddings.weight[TEXT_SEGMENT], valid, TEXT_SEGMENT)
         s.cls_positions["text"] = 0
 
     def _add_image(
-        self, s: _Streams, x: torch.Tensor, valid: torch.Tensor | None, segment: int
+        self, s: _Streams, x: torch.Tensor, valid: torch.Tensor | None, segment: int | torch.Tensor
     ) -> None:
-        start = s.add("image", x + self.segment_embeddings.weight[segment], valid, segment)
+        if isinstance(segment, torch.Tensor):
+            embedding = self.segment_embeddings(segment)[:, None]  # (B, 1, D)
+        else:
+            embedding = self.segment_embeddings.weight[segment]  # (D,)
+        start = s.add("image", x + embedding, valid, segment)
         prefix = self.image.num_prefix_tokens
         s.slices["image_patches"] = slice(start + prefix, start + x.shape[1])
         if prefix:
@@ -293,7 +319,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
             last_hidden_state=x,
             pooler_output=self.pooler(pooled) if fuse else pooled,
             attention_mask=key_mask,
-            segment_ids=torch.cat(s.segments).expand(B, L),
+            segment_ids=torch.cat([seg.expand(B, -1) for seg in s.segments], dim=1),
             modality_slices=s.slices,
             cls_positions=s.cls_positions,
             hidden_states=hidden,

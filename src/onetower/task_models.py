@@ -208,23 +208,21 @@ class OneTowerForImagesAndTextClassification(TaskModel):
                 f"pixel_values must be (batch, {self.num_images}, C, H, W), "
                 f"got {tuple(pixel_values.shape)}"
             )
-        pooling = self.config.classifier_pooling
-        pooled = torch.cat(
-            [
-                pooled_features(
-                    self.onetower(
-                        input_ids=input_ids,
-                        attention_mask=attention_mask,
-                        pixel_values=pixel_values[:, i],
-                        image_segment=IMAGE_SEGMENT + i,
-                        **encoder_kwargs,
-                    ),
-                    pooling,
-                )
-                for i in range(self.num_images)
-            ],
-            dim=-1,
-        )  # (B, D * I)
+        B, n = pixel_values.shape[:2]
+        # One encoder call over the n x B (text, image i) rows, image-major, each row with its
+        # image's segment id: the same outputs as n calls of B (tested); a training step at the
+        # synthetic NLVR2 size is 1.04x (1 thread) / 1.10x (2 threads) faster on CPU
+        # (benchmarks/nlvr2_step.py), and one launch of 2B rows instead of two of B on GPU.
+        segments = torch.arange(IMAGE_SEGMENT, IMAGE_SEGMENT + n, device=pixel_values.device)
+        out = self.onetower(
+            input_ids=input_ids.repeat(n, 1),
+            attention_mask=None if attention_mask is None else attention_mask.repeat(n, 1),
+            pixel_values=pixel_values.transpose(0, 1).reshape(n * B, *pixel_values.shape[2:]),
+            image_segment=segments.repeat_interleave(B),
+            **encoder_kwargs,
+        )
+        features = pooled_features(out, self.config.classifier_pooling)  # (n B, P)
+        pooled = features.view(n, B, -1).transpose(0, 1).reshape(B, -1)  # (B, n P)
         logits = self.classifier(pooled)  # (B, classes)
         loss = None if labels is None else F.cross_entropy(logits, labels)
         return ClassifierOutput(loss, logits, pooled)

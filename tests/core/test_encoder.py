@@ -62,6 +62,27 @@ def test_second_image_segment_uses_its_own_row() -> None:
         m(input_ids=ids, pixel_values=px, image_segment=3)
 
 
+@pytest.mark.parametrize("towers", [0, 1])
+def test_per_row_image_segments_equal_one_call_per_segment(towers: int) -> None:
+    """NLVR2 encodes the rows of both images in one call, each row with its own segment id."""
+    m = tiny(num_segments=3, text_tower_layers=towers, image_tower_layers=towers)
+    ids, px = inputs(B=4)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    rows = torch.tensor([1, 2, 2, 1])
+    out = m(input_ids=ids, attention_mask=mask, pixel_values=px, image_segment=rows)
+    for seg in (1, 2):
+        ref = m(input_ids=ids, attention_mask=mask, pixel_values=px, image_segment=seg)
+        pick = rows == seg
+        torch.testing.assert_close(out.last_hidden_state[pick], ref.last_hidden_state[pick])
+        assert out.segment_ids[pick, -1].eq(seg).all()
+    assert out.segment_ids[:, 0].eq(0).all()
+    with pytest.raises(ValueError, match="image_segment .* is out of range"):
+        m(input_ids=ids, pixel_values=px, image_segment=torch.tensor([1, 2, 3, 1]))
+    with pytest.raises(ValueError, match="one id per row"):
+        m(input_ids=ids, pixel_values=px, image_segment=torch.tensor([1, 2]))
+
+
 @pytest.mark.parametrize("with_image", [False, True])
 @pytest.mark.parametrize("multiway", [False, True])
 def test_padding_does_not_change_real_tokens(with_image: bool, multiway: bool) -> None:

@@ -214,3 +214,36 @@ def test_classifier_pooling_reads_the_fused_patches() -> None:
     assert pair(input_ids=ids, pixel_values=torch.randn(2, 2, 3, 32, 32)).logits.shape == (2, 2)
     with pytest.raises(ValueError, match="classifier_pooling must be one of"):
         OneTowerForQuestionAnswering.from_encoder(enc, {0: "a"}, "mean")
+
+
+@pytest.mark.parametrize("pooling", ["cls", "cls+patches"])
+def test_pair_method_in_one_call_equals_one_pass_per_image(pooling: str) -> None:
+    """ViLT's pair method, encoded in one call: each image's rows equal (text, image i) encoded
+    on their own with segment id 1 + i, concatenated in image order."""
+    from onetower import OneTowerConfig, OneTowerModel
+    from onetower.task_models import pooled_features
+
+    torch.manual_seed(0)
+    enc = OneTowerModel(OneTowerConfig.from_size("tiny", text_tower_layers=1)).eval()
+    model = OneTowerForImagesAndTextClassification.from_encoder(enc, {0: "F", 1: "T"}, pooling)
+    model.eval()
+    with torch.no_grad():  # distinct segment rows, so a swapped image order would show
+        model.onetower.segment_embeddings.weight[2].normal_()
+    ids, px = torch.randint(5, 100, (3, 7)), torch.randn(3, 2, 3, 32, 32)
+    mask = torch.ones_like(ids)
+    mask[0, 4:] = 0
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=px)
+        ref = torch.cat(
+            [
+                pooled_features(
+                    model.onetower(input_ids=ids, attention_mask=mask, pixel_values=px[:, i],
+                                   image_segment=1 + i),
+                    pooling,
+                )
+                for i in range(2)
+            ],
+            dim=-1,
+        )  # fmt: skip
+    torch.testing.assert_close(out.pooled, ref)
+    torch.testing.assert_close(out.logits, model.classifier(ref))
