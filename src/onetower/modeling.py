@@ -319,7 +319,9 @@ class OneTowerModel(OneTowerPreTrainedModel):
             last_hidden_state=x,
             pooler_output=self.pooler(pooled) if fuse else pooled,
             attention_mask=key_mask,
-            segment_ids=torch.cat([seg.expand(B, -1) for seg in s.segments], dim=1),
+            segment_ids=torch.cat([seg.expand(B, -1) for seg in s.segments], dim=1)
+            if any(seg.shape[0] > 1 for seg in s.segments)  # per-row image segments
+            else torch.cat(s.segments, dim=1).expand(B, L),  # a (1, L) row, not copied B times
             modality_slices=s.slices,
             cls_positions=s.cls_positions,
             hidden_states=hidden,
