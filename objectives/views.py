@@ -73,6 +73,19 @@ class ViewOptions:
     itm_masked_pass: bool = False
 
 
+def swapped_rows(neg: NegativePairs, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ViLT's swap layout: each negative replaces its positive in place.
+
+    Returns:
+        the image row of each of the B rows (long `(B,)`: its own, or the negative's other
+        image) and the ITM labels (long `(B,)`, 0 at the negatives).
+    """
+    rows = torch.arange(batch_size, device=neg.text_index.device)
+    image_rows = rows.index_put((neg.text_index,), neg.image_index)
+    labels = torch.ones_like(rows).index_put((neg.text_index,), rows.new_zeros(()))
+    return image_rows, labels
+
+
 def random_keep_ids(
     batch_size: int,
     num_patches: int,
@@ -116,6 +129,7 @@ class StepViews:
         self._cache: dict[str, Any] = {}
         #: (itm labels, negatives) drawn for the masked pass (``itm_masked_pass``), else None
         self._masked_itm: tuple[torch.Tensor, NegativePairs] | None = None
+        self._loss_batch: Mapping[str, Any] = batch  # see loss_batch
         #: view names in the order they were computed (each appears once).
         self.computed: list[str] = []
 
@@ -168,30 +182,28 @@ class StepViews:
         return self.model(pixel_values=pixels, image_keep_ids=keep, fuse=fuse)
 
     def _draw_masked_negatives(self) -> torch.Tensor:
-        """Draw this step's ITM negatives for the masked pass; returns the image row of each of
-        the B rows (negatives get another sample's image, ViLT's swap layout)."""
+        """Draw this step's ITM negatives for the masked pass (ViLT's swap layout) and drop
+        their rows from the batch the heads score; returns the image row of each of the B rows."""
         if self.options.negatives is None:
             raise RuntimeError("itm_masked_pass needs an ITM negative sampler")
         sampler_views = {name: self[name] for name in self.options.sampler_views}
         neg = self.options.negatives(self.batch, sampler_views, self.generator)
-        rows = torch.arange(self.batch[keys.INPUT_IDS].shape[0], device=neg.text_index.device)
-        labels = torch.ones_like(rows).index_put((neg.text_index,), rows.new_zeros(()))
+        image_rows, labels = swapped_rows(neg, self.batch[keys.INPUT_IDS].shape[0])
         self._masked_itm = (labels, neg)
-        return rows.index_put((neg.text_index,), neg.image_index)
-
-    def loss_batch(self) -> Mapping[str, Any]:
-        """The batch the heads score against: as given, except that after an ITM masked pass
-        (FLAVA) the rows that got another image are dropped from the MLM labels and the MIM
-        mask, so masked modeling is learned from matched pairs only (FLAVA's ``pos_mask``)."""
-        if self._masked_itm is None:
-            return self.batch
-        matched = self._masked_itm[0].bool()[:, None]  # (B, 1)
+        matched = labels.bool()[:, None]  # (B, 1)
         b = dict(self.batch)
         if keys.MLM_LABELS in b:
             b[keys.MLM_LABELS] = b[keys.MLM_LABELS].masked_fill(~matched, IGNORE_INDEX)
         if keys.MIM_MASK in b:
             b[keys.MIM_MASK] = b[keys.MIM_MASK].bool() & matched
-        return b
+        self._loss_batch = b
+        return image_rows
+
+    def loss_batch(self) -> Mapping[str, Any]:
+        """The batch the heads score against: as given, except that after an ITM masked pass
+        (FLAVA) the rows that got another image are dropped from the MLM labels and the MIM
+        mask, so masked modeling is learned from matched pairs only (FLAVA's ``pos_mask``)."""
+        return self._loss_batch
 
     def _pair(self) -> PairView:
         b = self.batch
@@ -210,8 +222,7 @@ class StepViews:
         rows = torch.arange(ids.shape[0], device=ids.device)
         if self.options.swap_negatives:  # ViLT: B sequences, negatives swapped in place
             text_rows = rows
-            image_rows = rows.index_put((neg.text_index,), neg.image_index)
-            labels = torch.ones_like(rows).index_put((neg.text_index,), rows.new_zeros(()))
+            image_rows, labels = swapped_rows(neg, ids.shape[0])
         else:  # the B positives, then the K negatives
             text_rows = torch.cat([rows, neg.text_index])
             image_rows = torch.cat([rows, neg.image_index])
