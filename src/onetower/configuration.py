@@ -26,6 +26,8 @@ SIZES: dict[str, dict[str, Any]] = {
 
 #: What a task head reads (see ``OneTowerConfig.classifier_pooling``).
 POOLINGS = ("cls", "cls+patches")
+#: How a task with several images per example encodes them (``multi_image_method``).
+MULTI_IMAGE_METHODS = ("pair", "triplet")
 
 # Keys that transformers itself passes through a config's kwargs (loading, dtype, labels).
 _PASSTHROUGH_KWARGS = {
@@ -59,6 +61,9 @@ class OneTowerConfig(PreTrainedConfig):
     Task heads (VQA, NLVR2):
         classifier_pooling: what the classifier reads: ``"cls"`` the pooled output (ViLT);
             ``"cls+patches"`` also the max and the mean over the fused image-patch tokens.
+        multi_image_method: how NLVR2's images meet the text: ``"pair"`` (ViLT) encodes the
+            text with each image and concatenates the pooled outputs; ``"triplet"`` (UNITER)
+            puts the text and every image in one sequence, so attention compares the images.
 
     Unknown fields are an error that names the field.
     """
@@ -91,6 +96,7 @@ class OneTowerConfig(PreTrainedConfig):
     text_tower_layers: int = 0
     image_tower_layers: int = 0
     classifier_pooling: str = "cls"
+    multi_image_method: str = "pair"
 
     def __post_init__(self, **kwargs: Any) -> None:
         model_type = kwargs.pop("model_type", self.model_type)
@@ -142,6 +148,11 @@ class OneTowerConfig(PreTrainedConfig):
         if self.classifier_pooling not in POOLINGS:
             raise ValueError(
                 f"classifier_pooling must be one of {POOLINGS}, got {self.classifier_pooling!r}"
+            )
+        if self.multi_image_method not in MULTI_IMAGE_METHODS:
+            raise ValueError(
+                f"multi_image_method must be one of {MULTI_IMAGE_METHODS}, "
+                f"got {self.multi_image_method!r}"
             )
         if self.num_segments < 2:
             raise ValueError(f"num_segments must be >= 2 (text, image), got {self.num_segments}")

@@ -17,7 +17,7 @@ from transformers import initialization as init
 
 from onetower.configuration import OneTowerConfig
 from onetower.layers import BlockStack
-from onetower.outputs import IMAGE_SEGMENT, TEXT_SEGMENT, EncoderOutput
+from onetower.outputs import IMAGE_SEGMENT, TEXT_SEGMENT, EncoderOutput, image_stream_name
 from onetower.unimodal import ImageEmbedder, TextEmbedder, UnimodalTower
 
 
@@ -170,7 +170,10 @@ class OneTowerModel(OneTowerPreTrainedModel):
         Args:
             input_ids: long `(B, T)` (first token is the text CLS), or None for image-only.
             attention_mask: `(B, T)` 1 = real token, 0 = padding; None = no padding.
-            pixel_values: `(B, C, H, W)`, or None for text-only.
+            pixel_values: `(B, C, H, W)`, or None for text-only; `(B, I, C, H, W)` puts I
+                images in each row's sequence after the text (UNITER's NLVR2 "triplet"), image
+                i with segment id ``image_segment + i``, each through the image embedding (and
+                tower) on its own, as streams ``"image"``, ``"image2"``, ...
             image_keep_ids: long `(B, Nk)` patch indices to encode (visible-only encoding;
                 -1 = padding slot). None = every patch in grid order.
             text_keep_ids: long `(B, Tk)` ascending positions of the text tokens to encode
@@ -193,7 +196,15 @@ class OneTowerModel(OneTowerPreTrainedModel):
         """
         if input_ids is None and pixel_values is None:
             raise ValueError("give input_ids, pixel_values or both")
-        self._check_segment(image_segment, None if pixel_values is None else pixel_values.shape[0])
+        num_images = 1
+        if pixel_values is not None and pixel_values.dim() == 5:  # (B, I, C, H, W)
+            num_images = self._check_images(pixel_values, image_segment, fuse, image_keep_ids,
+                                            bool_masked_pos, patch_attention_mask)  # fmt: skip
+            pixel_values = pixel_values.flatten(0, 1)  # (B I, C, H, W): image-major per row
+        else:
+            self._check_segment(
+                image_segment, None if pixel_values is None else pixel_values.shape[0]
+            )
         streams = _Streams()
         unimodal: dict[str, torch.Tensor] = {}
         grid = None
@@ -219,7 +230,14 @@ class OneTowerModel(OneTowerPreTrainedModel):
             if self.image_tower is not None:  # projected into fusion only when fusing
                 unimodal["image"], projected = self.image_tower(x, valid, project=fuse)
                 x = projected if fuse else unimodal["image"]
-            self._add_image(streams, x, valid, image_segment)
+            if num_images == 1:
+                self._add_image(streams, x, valid, image_segment)
+            else:  # one stream per image, segment ids image_segment, image_segment + 1, ...
+                x = x.unflatten(0, (-1, num_images))  # (B, I, prefix + N, D)
+                valid = None if valid is None else valid.unflatten(0, (-1, num_images))
+                for i in range(num_images):
+                    self._add_image(streams, x[:, i], None if valid is None else valid[:, i],
+                                    image_segment + i, image_stream_name(i))  # fmt: skip
         if not fuse:
             missing = [m for m in streams.slices if m in ("text", "image") and m not in unimodal]
             if missing:
@@ -287,22 +305,53 @@ class OneTowerModel(OneTowerPreTrainedModel):
                 f"image_segment {segment} is out of range: the model has {n} segments (0 = text)"
             )
 
+    def _check_images(
+        self,
+        pixel_values: torch.Tensor,
+        image_segment: int | torch.Tensor,
+        fuse: bool,
+        *per_patch: torch.Tensor | None,
+    ) -> int:
+        """Validate several images per row; returns how many."""
+        n = pixel_values.shape[1]
+        if (
+            isinstance(image_segment, torch.Tensor)
+            or not fuse
+            or any(t is not None for t in per_patch)
+        ):
+            raise ValueError(
+                "several images per row (pixel_values of shape (B, I, C, H, W)) take an int "
+                "image_segment and no patch dropping, patch masks or fuse=False"
+            )
+        last = image_segment + n - 1
+        if n < 1 or image_segment < 1 or last >= self.config.num_segments:
+            raise ValueError(
+                f"{n} images from segment {image_segment} need segment ids up to {last}, but "
+                f"the model has {self.config.num_segments} segments (0 = text)"
+            )
+        return n
+
     def _add_text(self, s: _Streams, x: torch.Tensor, valid: torch.Tensor | None) -> None:
         s.add("text", x + self.segment_embeddings.weight[TEXT_SEGMENT], valid, TEXT_SEGMENT)
         s.cls_positions["text"] = 0
 
     def _add_image(
-        self, s: _Streams, x: torch.Tensor, valid: torch.Tensor | None, segment: int | torch.Tensor
+        self,
+        s: _Streams,
+        x: torch.Tensor,
+        valid: torch.Tensor | None,
+        segment: int | torch.Tensor,
+        name: str = "image",
     ) -> None:
         if isinstance(segment, torch.Tensor):
             embedding = self.segment_embeddings(segment)[:, None]  # (B, 1, D)
         else:
             embedding = self.segment_embeddings.weight[segment]  # (D,)
-        start = s.add("image", x + embedding, valid, segment)
+        start = s.add(name, x + embedding, valid, segment)
         prefix = self.image.num_prefix_tokens
-        s.slices["image_patches"] = slice(start + prefix, start + x.shape[1])
+        s.slices[f"{name}_patches"] = slice(start + prefix, start + x.shape[1])
         if prefix:
-            s.cls_positions["image"] = start
+            s.cls_positions[name] = start
 
     def _encode(self, s: _Streams, fuse: bool, output_hidden_states: bool) -> EncoderOutput:
         """Concatenate the streams, run the fusion encoder (if ``fuse``) and pool."""

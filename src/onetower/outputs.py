@@ -14,11 +14,18 @@ import torch
 TEXT_SEGMENT, IMAGE_SEGMENT, SECOND_IMAGE_SEGMENT = 0, 1, 2
 
 
+def image_stream_name(i: int) -> str:
+    """Name of the ``i``-th image stream (from 0) of a row with several images:
+    ``"image"``, ``"image2"``, ``"image3"``, ...; its patches are ``f"{name}_patches"``."""
+    return "image" if i == 0 else f"image{i + 1}"
+
+
 @dataclass
 class EncoderOutput:
     """What one pass of the shared encoder returns.
 
-    The joint sequence is laid out as ``[text ; image]`` where either stream may be absent.
+    The joint sequence is laid out as ``[text ; image]`` where either stream may be absent,
+    or ``[text ; image ; image2 ; ...]`` when each row has several images (UNITER's triplet).
 
     Attributes:
         last_hidden_state: final-normed token states `(B, L, D)`.
@@ -26,8 +33,9 @@ class EncoderOutput:
         attention_mask: bool `(B, L)`, True = real token; None when nothing is padded.
         segment_ids: long `(B, L)` segment (modality-type) id of every token.
         modality_slices: where each stream lies along L: keys ``"text"``, ``"image"`` (image
-            CLS included) and ``"image_patches"`` (patch tokens only).
-        cls_positions: index along L of each stream's CLS token (``"text"``, ``"image"``);
+            CLS included) and ``"image_patches"`` (patch tokens only); with several images per
+            row also ``"image2"``, ``"image2_patches"``, ... (see :func:`image_stream_name`).
+        cls_positions: index along L of each stream's CLS token (``"text"``, ``"image"``, ...);
             absent when that stream has none.
         image_keep_ids: long `(B, Nk)` indices (into the full patch grid) of the patches that
             were encoded, -1 for padding; None when every patch was encoded in grid order.

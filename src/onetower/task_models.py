@@ -16,7 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoModelForVisualQ
 
 from onetower.configuration import OneTowerConfig
 from onetower.modeling import OneTowerModel, OneTowerPreTrainedModel
-from onetower.outputs import IMAGE_SEGMENT
+from onetower.outputs import IMAGE_SEGMENT, image_stream_name
 
 
 @dataclass
@@ -45,10 +45,11 @@ def classifier_mlp(in_dim: int, num_labels: int, hidden: int | None = None) -> n
     )
 
 
-def pooled_features(out: Any, pooling: str) -> torch.Tensor:
+def pooled_features(out: Any, pooling: str, num_images: int = 1) -> torch.Tensor:
     """The classifier input of one encoder pass: `(B, D)` for ``"cls"`` (ViLT's pooled
     output), `(B, 3 D)` for ``"cls+patches"`` (pooled output, then the max and the mean of the
-    fused image-patch tokens, which have attended to the text).
+    fused image-patch tokens, which have attended to the text), `(B, (1 + 2 I) D)` when each
+    row holds I images (the max and mean of each image's patches, in image order).
 
     Why the second: in a small scene the evidence sits in one or two patches, and a CLS token
     learns to route to them slowly (measured on the synthetic world: a 2-layer ViT classifying
@@ -57,13 +58,16 @@ def pooled_features(out: Any, pooling: str) -> torch.Tensor:
     """
     if pooling == "cls":
         return out.pooler_output
-    patches = out.tokens("image_patches")  # (B, N, D)
-    return torch.cat([out.pooler_output, patches.amax(1), patches.mean(1)], dim=-1)
+    parts = [out.pooler_output]
+    for i in range(num_images):
+        patches = out.tokens(f"{image_stream_name(i)}_patches")  # (B, N, D)
+        parts += [patches.amax(1), patches.mean(1)]
+    return torch.cat(parts, dim=-1)
 
 
-def pooled_width(config: OneTowerConfig) -> int:
-    """Width of :func:`pooled_features` for one image."""
-    return config.hidden_size * (1 if config.classifier_pooling == "cls" else 3)
+def pooled_width(config: OneTowerConfig, num_images: int = 1) -> int:
+    """Width of :func:`pooled_features` for one pass holding ``num_images`` images."""
+    return config.hidden_size * (1 if config.classifier_pooling == "cls" else 1 + 2 * num_images)
 
 
 class TaskModel(OneTowerPreTrainedModel):
@@ -80,10 +84,12 @@ class TaskModel(OneTowerPreTrainedModel):
         encoder: OneTowerModel | str,
         id2label: dict[int, str],
         classifier_pooling: str = "cls",
+        multi_image_method: str = "pair",
         **kwargs: Any,
     ) -> TaskModel:
         """A task model whose encoder is ``encoder`` (a model or a saved folder) and whose head
-        is new, with labels ``id2label``.
+        is new, with labels ``id2label``; ``classifier_pooling`` and ``multi_image_method`` are
+        the :class:`~onetower.OneTowerConfig` fields of the same names.
 
         The encoder is loaded strictly, so a checkpoint of another model is an error; only
         the head starts random. When the task needs more segment rows than the encoder has,
@@ -98,6 +104,7 @@ class TaskModel(OneTowerPreTrainedModel):
         }
         fields["num_segments"] = max(encoder.config.num_segments, cls.required_segments)
         fields["classifier_pooling"] = classifier_pooling
+        fields["multi_image_method"] = multi_image_method
         config = OneTowerConfig(
             **fields,
             id2label={int(i): str(a) for i, a in id2label.items()},
@@ -168,9 +175,15 @@ class OneTowerForQuestionAnswering(TaskModel):
 
 
 class OneTowerForImagesAndTextClassification(TaskModel):
-    """NLVR2, ViLT's pair method: the text is encoded with each image (image segment ids 1,
-    2, ...), the pooled outputs are concatenated `(B, I D)` and classified by
-    Linear(I D, I D) -> LayerNorm -> GELU -> Linear(I D, classes) with cross-entropy.
+    """NLVR2: a statement about several images, classified true / false with cross-entropy.
+
+    ``config.multi_image_method`` picks how the images meet the text (UNITER, section 4.3):
+      - ``"pair"`` (ViLT): the text is encoded with each image (image segment ids 1, 2, ...),
+        the pooled outputs are concatenated `(B, I D)` and classified by
+        Linear(I D, I D) -> LayerNorm -> GELU -> Linear(I D, classes);
+      - ``"triplet"``: one sequence ``[text ; image 1 ; image 2]`` (segment ids 0, 1, 2), so
+        attention can compare the images (which has more red shapes?), then the same head on
+        that pass's pooled features. Half the pair method's text tokens per example.
 
     The number of images is ``config.num_segments - 1``.
     """
@@ -183,7 +196,10 @@ class OneTowerForImagesAndTextClassification(TaskModel):
             raise ValueError("the pair method needs num_segments >= 3 (text + two images)")
         self.num_images = config.num_segments - 1
         self.onetower = OneTowerModel(config)
-        width = pooled_width(config) * self.num_images
+        if config.multi_image_method == "triplet":
+            width = pooled_width(config, self.num_images)
+        else:
+            width = pooled_width(config) * self.num_images
         self.classifier = classifier_mlp(width, config.num_labels, hidden=width)  # ViLT: no 2x
         self.post_init()
 
@@ -208,6 +224,11 @@ class OneTowerForImagesAndTextClassification(TaskModel):
                 f"pixel_values must be (batch, {self.num_images}, C, H, W), "
                 f"got {tuple(pixel_values.shape)}"
             )
+        if self.config.multi_image_method == "triplet":
+            out = self.onetower(input_ids=input_ids, attention_mask=attention_mask,
+                                pixel_values=pixel_values, **encoder_kwargs)  # fmt: skip
+            pooled = pooled_features(out, self.config.classifier_pooling, self.num_images)
+            return self._classify(pooled, labels)
         B, n = pixel_values.shape[:2]
         # One encoder call over the n x B (text, image i) rows, image-major, each row with its
         # image's segment id: the same outputs as n calls of B (tested); a training step at the
@@ -223,6 +244,9 @@ class OneTowerForImagesAndTextClassification(TaskModel):
         )
         features = pooled_features(out, self.config.classifier_pooling)  # (n B, P)
         pooled = features.view(n, B, -1).transpose(0, 1).reshape(B, -1)  # (B, n P)
+        return self._classify(pooled, labels)
+
+    def _classify(self, pooled: torch.Tensor, labels: torch.Tensor | None) -> ClassifierOutput:
         logits = self.classifier(pooled)  # (B, classes)
         loss = None if labels is None else F.cross_entropy(logits, labels)
         return ClassifierOutput(loss, logits, pooled)

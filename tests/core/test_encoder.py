@@ -83,6 +83,64 @@ def test_per_row_image_segments_equal_one_call_per_segment(towers: int) -> None:
         m(input_ids=ids, pixel_values=px, image_segment=torch.tensor([1, 2]))
 
 
+@pytest.mark.parametrize("multiway", [False, True])
+@pytest.mark.parametrize("towers", [0, 1])
+def test_several_images_per_row_form_one_sequence(multiway: bool, towers: int) -> None:
+    """UNITER's triplet: `(B, 2, C, H, W)` gives ``[text ; image ; image2]`` in one pass, each
+    image embedded on its own and tagged with its own segment row."""
+    m = tiny(num_segments=3, multiway=multiway, text_tower_layers=towers, image_tower_layers=towers)
+    with torch.no_grad():  # distinct rows, so a swapped image order would show
+        m.segment_embeddings.weight[2].normal_()
+    ids, px = inputs(B=3, T=9)
+    px2 = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    pair = torch.stack([px, px2], dim=1)  # (B, 2, C, H, W)
+    B, T, N = 3, 9, 16
+    out = m(input_ids=ids, attention_mask=mask, pixel_values=pair)
+    assert out.last_hidden_state.shape == (B, T + 2 * (1 + N), 64)
+    assert out.modality_slices["image"] == slice(T, T + 1 + N)
+    assert out.modality_slices["image2_patches"] == slice(T + 2 + N, T + 2 + 2 * N)
+    assert out.cls_positions == {"text": 0, "image": T, "image2": T + 1 + N}
+    assert out.segment_ids[0].tolist() == [0] * T + [1] * (1 + N) + [2] * (1 + N)
+
+    # built by hand: each image's embedding (and tower) alone, plus its segment row
+    seg = m.segment_embeddings.weight
+    valid = mask.bool()
+    text = m.text(ids)
+    parts = [m.text_tower(text, valid)[1] if towers else text]
+    for image in (px, px2):
+        x = m.image(image, None, None, False)[0]
+        parts.append(m.image_tower(x, None)[1] if towers else x)
+    x = torch.cat([parts[0] + seg[0], parts[1] + seg[1], parts[2] + seg[2]], dim=1)
+    key = torch.cat([valid, valid.new_ones(B, 2 * (1 + N))], dim=1)[:, None, None, :]
+    ref = m.encoder(x, key, T)[0]
+    torch.testing.assert_close(out.last_hidden_state, ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.pooler_output, m.pooler(ref[:, 0]), atol=ATOL, rtol=0)
+
+    # swapping the images and their segment rows moves the image states, nothing else
+    with torch.no_grad():
+        m.segment_embeddings.weight[[1, 2]] = m.segment_embeddings.weight[[2, 1]].clone()
+    swapped = m(input_ids=ids, attention_mask=mask, pixel_values=pair.flip(1))
+    torch.testing.assert_close(swapped.pooler_output, out.pooler_output, atol=ATOL, rtol=0)
+    torch.testing.assert_close(swapped.tokens("image2"), out.tokens("image"), atol=ATOL, rtol=0)
+
+    one = m(input_ids=ids, attention_mask=mask, pixel_values=px[:, None])
+    torch.testing.assert_close(
+        one.last_hidden_state,
+        m(input_ids=ids, attention_mask=mask, pixel_values=px).last_hidden_state,
+    )
+    with pytest.raises(ValueError, match="need segment ids up to 3, but the model has 3"):
+        m(input_ids=ids, pixel_values=torch.stack([px, px2, px], dim=1))
+    for bad in (
+        dict(image_segment=torch.tensor([1, 2, 1])),
+        dict(fuse=False),
+        dict(bool_masked_pos=torch.zeros(B, N, dtype=torch.bool)),
+    ):
+        with pytest.raises(ValueError, match=r"several images per row \(pixel_values of shape"):
+            m(input_ids=ids, pixel_values=pair, **bad)
+
+
 @pytest.mark.parametrize("with_image", [False, True])
 @pytest.mark.parametrize("multiway", [False, True])
 def test_padding_does_not_change_real_tokens(with_image: bool, multiway: bool) -> None:

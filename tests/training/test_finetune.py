@@ -11,7 +11,11 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForVisualQuestionAnswering
 
-from onetower import OneTowerForImagesAndTextClassification, OneTowerForQuestionAnswering
+from onetower import (
+    OneTowerForImagesAndTextClassification,
+    OneTowerForQuestionAnswering,
+    OneTowerModel,
+)
 from onetower.inference import answer_question, classify_statement, load_task_model
 from onetower.inference import main as inference_main
 from onetower.training import ConfigError, load_config
@@ -110,6 +114,25 @@ def test_vqa_from_a_pretrained_encoder_and_vocabulary_checks(vqa_run, task_world
     with pytest.raises(ConfigError, match="answer vocabulary of .* does not match"):
         finetune(task_config("vqa", tmp_path / "y", task_world, f"init={bad}",
                              "task.min_answer_count=1"))  # fmt: skip
+
+
+def test_random_init_baseline_takes_only_the_architecture(vqa_run, task_world, tmp_path) -> None:
+    """init_weights=random: the saved encoder's architecture and tokenizer, fresh weights."""
+    encoder = _encoder_dir(vqa_run)
+    run = finetune(task_config("vqa", tmp_path, task_world, f"init={encoder}",
+                               "init_weights=random", "run.seed=1"))  # fmt: skip
+    assert "from random init (the architecture of" in run.summary
+    model = OneTowerForQuestionAnswering.from_pretrained(run.final_model)
+    saved = OneTowerModel.from_pretrained(encoder)
+    for k in ("hidden_size", "num_hidden_layers", "vocab_size", "image_size"):
+        assert getattr(model.config, k) == getattr(saved.config, k)
+    a, b = model.onetower.state_dict(), saved.state_dict()
+    qkv = [k for k in a if k.endswith("qkv.weight")]
+    # the encoder was itself trained briefly from a seed-0 init: another seed starts elsewhere
+    assert qkv and not any(torch.allclose(a[k], b[k], atol=0.05) for k in qkv)
+    with pytest.raises(ConfigError, match="init_weights must be 'pretrained' or 'random'"):
+        finetune(task_config("vqa", tmp_path / "bad", task_world, f"init={encoder}",
+                             "init_weights=zeros"))  # fmt: skip
 
 
 def test_nlvr2_recipe_pair_method(tmp_path, task_world) -> None:
@@ -247,3 +270,45 @@ def test_pair_method_in_one_call_equals_one_pass_per_image(pooling: str) -> None
         )  # fmt: skip
     torch.testing.assert_close(out.pooled, ref)
     torch.testing.assert_close(out.logits, model.classifier(ref))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "cls+patches"])
+def test_triplet_method_reads_one_joint_pass(pooling: str) -> None:
+    """UNITER's triplet: the statement and both images in one sequence; the head reads that
+    pass's pooled output (and each image's patch max and mean, in image order)."""
+    from onetower import OneTowerConfig, OneTowerModel
+
+    torch.manual_seed(0)
+    enc = OneTowerModel(OneTowerConfig.from_size("tiny")).eval()
+    model = OneTowerForImagesAndTextClassification.from_encoder(
+        enc, {0: "F", 1: "T"}, pooling, multi_image_method="triplet"
+    ).eval()
+    D = enc.config.hidden_size
+    width = D if pooling == "cls" else 5 * D
+    assert model.config.multi_image_method == "triplet"
+    assert model.classifier[0].in_features == model.classifier[0].out_features == width
+    ids, px = torch.randint(5, 100, (3, 7)), torch.randn(3, 2, 3, 32, 32)
+    labels = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        out = model(input_ids=ids, pixel_values=px, labels=labels)
+        ref = model.onetower(input_ids=ids, pixel_values=px)
+    expect = [ref.pooler_output]
+    if pooling == "cls+patches":
+        for name in ("image_patches", "image2_patches"):
+            expect += [ref.tokens(name).amax(1), ref.tokens(name).mean(1)]
+    torch.testing.assert_close(out.pooled, torch.cat(expect, dim=-1))
+    torch.testing.assert_close(out.logits, model.classifier(out.pooled))
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+    with pytest.raises(ValueError, match="multi_image_method must be one of"):
+        OneTowerForImagesAndTextClassification.from_encoder(
+            enc, {0: "F", 1: "T"}, multi_image_method="quad"
+        )
+
+
+def test_nlvr2_recipe_triplet_method(tmp_path, task_world) -> None:
+    result = finetune(task_config("nlvr2", tmp_path, task_world, "task.multi_image_method=triplet"))
+    assert all(v == v for _, v in result.history["loss"])
+    model = AutoModelForSequenceClassification.from_pretrained(result.final_model)
+    assert model.config.multi_image_method == "triplet"
+    with pytest.raises(ConfigError, match="task.multi_image_method: multi_image_method must be"):
+        finetune(task_config("nlvr2", tmp_path / "bad", task_world, "task.multi_image_method=x"))

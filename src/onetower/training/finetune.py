@@ -99,18 +99,36 @@ def _resolve_data(
     return root, tok
 
 
+def _origin(cfg: DictConfig) -> str:
+    if cfg.init is None:
+        return "random init"
+    return (
+        f"random init (the architecture of {cfg.init})"
+        if cfg.init_weights == "random"
+        else cfg.init
+    )
+
+
 def _build_model(cfg: DictConfig, task: Any, config: OneTowerConfig, data: TaskData) -> TaskModel:
-    pooling = cfg.task.classifier_pooling
+    head = dict(
+        classifier_pooling=cfg.task.classifier_pooling,
+        multi_image_method=cfg.task.multi_image_method,
+    )
+    if cfg.init_weights not in ("pretrained", "random"):
+        raise ConfigError(
+            f"init_weights must be 'pretrained' or 'random', got {cfg.init_weights!r}"
+        )
     try:
-        if cfg.init is None:
-            return task.model_class.from_encoder(OneTowerModel(config), data.id2label, pooling)
+        if cfg.init is None or cfg.init_weights == "random":
+            return task.model_class.from_encoder(OneTowerModel(config), data.id2label, **head)
         saved_as = (config.architectures or ["OneTowerModel"])[0]
         if saved_as == task.model_class.__name__:
             return task.model_class.from_pretrained(cfg.init)
-        return task.model_class.from_encoder(cfg.init, data.id2label, pooling)
+        return task.model_class.from_encoder(cfg.init, data.id2label, **head)
     except ValueError as e:
-        if "classifier_pooling" in str(e):
-            raise ConfigError(f"task.classifier_pooling: {e}") from None
+        for key in head:
+            if key in str(e):
+                raise ConfigError(f"task.{key}: {e}") from None
         raise
 
 
@@ -222,7 +240,7 @@ def finetune(cfg: DictConfig) -> RunResult:
         seconds = train_seconds
         steps = state.step - start_step
         result.summary = (
-            f"Fine-tuned {cfg.task.name} from {cfg.init or 'random init'} for {steps} steps "
+            f"Fine-tuned {cfg.task.name} from {_origin(cfg)} for {steps} steps "
             f"({seconds / 60:.1f} min, {steps * samples_per_step / max(seconds, 1e-9):.0f} samples/s): "
             f"{task_summary(metrics) or 'no labelled eval split'}. Model: {final}; predictions "
             f"and metrics.json in {out_dir}. Skipped samples: {data.counter.summary()}."

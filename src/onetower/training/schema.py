@@ -111,6 +111,10 @@ class TaskSection:
     #: what a new head reads: "cls" (ViLT: the pooled output) or "cls+patches" (plus the max
     #: and mean of the fused image-patch tokens; see onetower.task_models.pooled_features)
     classifier_pooling: str = "cls"
+    #: how NLVR2's two images meet the statement: "pair" (ViLT: the statement with each image,
+    #: pooled outputs concatenated) or "triplet" (UNITER: statement and both images in one
+    #: sequence); see onetower.OneTowerConfig.multi_image_method
+    multi_image_method: str = "pair"
 
 
 @dataclass
@@ -150,6 +154,9 @@ class FinetuneConfig:
     #: a saved onetower model: a pretrained encoder (a new head is added) or a task model of
     #: this task (fine-tuned further; with train.max_steps=0, only evaluated). null = random init
     init: str | None = None
+    #: "pretrained" loads ``init``'s weights; "random" takes only its architecture (and
+    #: tokenizer) and starts from fresh weights: the random-init baseline at equal architecture
+    init_weights: str = "pretrained"
     run: RunSection = field(default_factory=RunSection)
     #: random init only (init=null): ``size`` plus any ``OneTowerConfig`` field
     model: dict[str, Any] = field(default_factory=lambda: {"size": "tiny"})
