@@ -1,10 +1,13 @@
-"""NLVR2 fine-tuning step: the pair method in one encoder call against one call per image.
+"""NLVR2 fine-tuning step: the pair method in one encoder call against one call per image,
+and UNITER's triplet method (statement and both images in one sequence).
 
 ``OneTowerForImagesAndTextClassification`` encodes the (text, image i) rows of both images in
 one call, each row with its own image segment id; the reference here is the pair method as ViLT
 runs it (and as the model ran it before): one encoder call per image, pooled features
-concatenated. Both give the same outputs (``tests/training/test_finetune.py``). Same model and
-batch, full training step (forward, cross-entropy, backward, clip, AdamW), alternating rounds.
+concatenated. Both give the same outputs (``tests/training/test_finetune.py``). The triplet
+row is another model (``multi_image_method="triplet"``, same encoder weights): one sequence of
+text + 2 images per example instead of two of text + 1 image. Same batch, full training step
+(forward, cross-entropy, backward, clip, AdamW), alternating rounds.
 
     .venv/bin/python benchmarks/nlvr2_step.py            # the synthetic NLVR2 recipe's size
     .venv/bin/python benchmarks/nlvr2_step.py --threads 2
@@ -53,6 +56,11 @@ def main() -> None:
     px = torch.randn(B, 2, 3, 48, 48, generator=g).to(device)
     labels = torch.randint(0, 2, (B,), generator=g).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    triplet = OneTowerForImagesAndTextClassification.from_encoder(
+        enc, {0: "False", 1: "True"}, "cls+patches", multi_image_method="triplet"
+    ).to(device)
+    triplet.train()
+    triplet_opt = torch.optim.AdamW(triplet.parameters(), lr=1e-4, foreach=True)
 
     def per_image() -> torch.Tensor:
         pooled = torch.cat(
@@ -71,12 +79,15 @@ def main() -> None:
     def one_call() -> torch.Tensor:
         return model(input_ids=ids, attention_mask=mask, pixel_values=px, labels=labels).loss
 
-    def step_of(loss_fn):
+    def triplet_call() -> torch.Tensor:
+        return triplet(input_ids=ids, attention_mask=mask, pixel_values=px, labels=labels).loss
+
+    def step_of(loss_fn, m=model, o=opt):
         def step() -> None:
             loss_fn().backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            o.step()
+            o.zero_grad(set_to_none=True)
 
         return step
 
@@ -84,14 +95,18 @@ def main() -> None:
     rows = [
         Contender("pair method, one call", step_of(one_call), B, n, "2B rows, per-row segments"),
         Contender("pair method, one call per image", step_of(per_image), B, n, "2 calls of B"),
-    ]
+        Contender("triplet method", step_of(triplet_call, triplet, triplet_opt), B,
+                  sum(p.numel() for p in triplet.parameters()), "B rows of text + 2 images"),
+    ]  # fmt: skip
     time_alternating(rows, device, a.warmup, a.rounds)
     ratio = rows[1].seconds / rows[0].seconds
+    triplet_ratio = rows[0].seconds / rows[2].seconds
     for c in rows:
         print(f"{c.name:34s} {c.samples_per_s:7.1f} samples/s  {1e3 * c.seconds:6.0f} ms/step")
     print(f"one call / one call per image: {ratio:.2f}x")
+    print(f"triplet / pair method (one call): {triplet_ratio:.2f}x")
     env = environment(device) | {"threads": a.threads}
-    result = {"environment": env, "args": vars(a), "ratio": ratio,
+    result = {"environment": env, "args": vars(a), "ratio": ratio, "triplet_ratio": triplet_ratio,
               "rows": [{"name": c.name, "samples_per_s": c.samples_per_s, "times_s": c.times}
                        for c in rows]}  # fmt: skip
     with open(a.json, "w") as f:
