@@ -238,6 +238,10 @@ class OneTowerModel(OneTowerPreTrainedModel):
                 for i in range(num_images):
                     self._add_image(streams, x[:, i], None if valid is None else valid[:, i],
                                     image_segment + i, image_stream_name(i))  # fmt: skip
+                if "image" in unimodal:  # (B, I (prefix + N), D), in the sequence's image order
+                    unimodal["image"] = (
+                        unimodal["image"].unflatten(0, (-1, num_images)).flatten(1, 2)
+                    )
         if not fuse:
             missing = [m for m in streams.slices if m in ("text", "image") and m not in unimodal]
             if missing:

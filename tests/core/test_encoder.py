@@ -103,15 +103,22 @@ def test_several_images_per_row_form_one_sequence(multiway: bool, towers: int) -
     assert out.modality_slices["image2_patches"] == slice(T + 2 + N, T + 2 + 2 * N)
     assert out.cls_positions == {"text": 0, "image": T, "image2": T + 1 + N}
     assert out.segment_ids[0].tolist() == [0] * T + [1] * (1 + N) + [2] * (1 + N)
+    if towers:
+        assert out.unimodal_states["image"].shape == (B, 2 * (1 + N), 64)
 
     # built by hand: each image's embedding (and tower) alone, plus its segment row
     seg = m.segment_embeddings.weight
     valid = mask.bool()
     text = m.text(ids)
     parts = [m.text_tower(text, valid)[1] if towers else text]
+    states = []
     for image in (px, px2):
         x = m.image(image, None, None, False)[0]
+        if towers:
+            states.append(m.image_tower(x, None)[0])
         parts.append(m.image_tower(x, None)[1] if towers else x)
+    if towers:
+        torch.testing.assert_close(out.unimodal_states["image"], torch.cat(states, dim=1))
     x = torch.cat([parts[0] + seg[0], parts[1] + seg[1], parts[2] + seg[2]], dim=1)
     key = torch.cat([valid, valid.new_ones(B, 2 * (1 + N))], dim=1)[:, None, None, :]
     ref = m.encoder(x, key, T)[0]
