@@ -18,6 +18,7 @@ from transformers import initialization as init
 from onetower.configuration import OneTowerConfig
 from onetower.layers import BlockStack
 from onetower.outputs import IMAGE_SEGMENT, TEXT_SEGMENT, EncoderOutput, image_stream_name
+from onetower.sequence import Streams, keep_text
 from onetower.unimodal import ImageEmbedder, TextEmbedder, UnimodalTower
 
 
@@ -79,34 +80,6 @@ class OneTowerPreTrainedModel(PreTrainedModel):
                     f"does not match {cls.__name__} ({detail}); pass strict=False to load it anyway"
                 )
         return (model, info) if want_info else model
-
-
-class _Streams:
-    """The streams of one pass, gathered in sequence order before fusion."""
-
-    def __init__(self) -> None:
-        self.parts: list[torch.Tensor] = []
-        self.masks: list[torch.Tensor | None] = []
-        self.segments: list[torch.Tensor] = []
-        self.slices: dict[str, slice] = {}
-        self.cls_positions: dict[str, int] = {}
-
-    def add(
-        self, name: str, x: torch.Tensor, valid: torch.Tensor | None, segment: int | torch.Tensor
-    ) -> int:
-        """Append a stream `(B, L_m, D)` with one segment id, or one per row (long `(B,)`);
-        returns where it starts along L."""
-        start = sum(p.shape[1] for p in self.parts)
-        self.parts.append(x)
-        self.masks.append(valid)
-        if isinstance(segment, torch.Tensor):  # (B, L_m)
-            self.segments.append(segment[:, None].expand(-1, x.shape[1]))
-        else:  # (1, L_m)
-            self.segments.append(
-                torch.full((1, x.shape[1]), segment, device=x.device, dtype=torch.long)
-            )
-        self.slices[name] = slice(start, start + x.shape[1])
-        return start
 
 
 class OneTowerModel(OneTowerPreTrainedModel):
@@ -205,7 +178,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
             self._check_segment(
                 image_segment, None if pixel_values is None else pixel_values.shape[0]
             )
-        streams = _Streams()
+        streams = Streams()
         unimodal: dict[str, torch.Tensor] = {}
         grid = None
         if input_ids is not None:
@@ -216,7 +189,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
                     f"attention_mask has shape {tuple(valid.shape)}, input_ids {tuple(input_ids.shape)}"
                 )
             if text_keep_ids is not None:  # drop after the positions are added, like patches
-                x, valid = self._keep_text(x, valid, text_keep_ids)
+                x, valid = keep_text(x, valid, text_keep_ids)
             if self.text_tower is not None:  # projected into fusion only when fusing
                 unimodal["text"], projected = self.text_tower(x, valid, project=fuse)
                 x = projected if fuse else unimodal["text"]
@@ -234,10 +207,8 @@ class OneTowerModel(OneTowerPreTrainedModel):
                 self._add_image(streams, x, valid, image_segment)
             else:  # one stream per image, segment ids image_segment, image_segment + 1, ...
                 x = x.unflatten(0, (-1, num_images))  # (B, I, prefix + N, D)
-                valid = None if valid is None else valid.unflatten(0, (-1, num_images))
-                for i in range(num_images):
-                    self._add_image(streams, x[:, i], None if valid is None else valid[:, i],
-                                    image_segment + i, image_stream_name(i))  # fmt: skip
+                for i in range(num_images):  # no patch mask: _check_images refused its sources
+                    self._add_image(streams, x[:, i], None, image_segment + i, image_stream_name(i))
                 if "image" in unimodal:  # (B, I (prefix + N), D), in the sequence's image order
                     unimodal["image"] = (
                         unimodal["image"].unflatten(0, (-1, num_images)).flatten(1, 2)
@@ -282,7 +253,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
             raise ValueError(
                 f"text states have {text_states.shape[0]} rows, image states {image_states.shape[0]}"
             )
-        streams = _Streams()
+        streams = Streams()
         valid = None if attention_mask is None else attention_mask.bool()
         self._add_text(streams, self.text_tower.to_fusion(text_states), valid)
         self._add_image(streams, self.image_tower.to_fusion(image_states), None, image_segment)
@@ -335,13 +306,13 @@ class OneTowerModel(OneTowerPreTrainedModel):
             )
         return n
 
-    def _add_text(self, s: _Streams, x: torch.Tensor, valid: torch.Tensor | None) -> None:
+    def _add_text(self, s: Streams, x: torch.Tensor, valid: torch.Tensor | None) -> None:
         s.add("text", x + self.segment_embeddings.weight[TEXT_SEGMENT], valid, TEXT_SEGMENT)
         s.cls_positions["text"] = 0
 
     def _add_image(
         self,
-        s: _Streams,
+        s: Streams,
         x: torch.Tensor,
         valid: torch.Tensor | None,
         segment: int | torch.Tensor,
@@ -357,38 +328,25 @@ class OneTowerModel(OneTowerPreTrainedModel):
         if prefix:
             s.cls_positions[name] = start
 
-    def _encode(self, s: _Streams, fuse: bool, output_hidden_states: bool) -> EncoderOutput:
+    def _encode(self, s: Streams, fuse: bool, output_hidden_states: bool) -> EncoderOutput:
         """Concatenate the streams, run the fusion encoder (if ``fuse``) and pool."""
-        key_mask = self._joint_mask(s.masks, [p.shape[1] for p in s.parts])  # (B, L) or None
-        x = torch.cat(s.parts, dim=1) if len(s.parts) > 1 else s.parts[0]  # (B, L, D)
-        B, L, _ = x.shape
+        key_mask = s.key_mask()  # (B, L) or None
+        x = s.tokens()  # (B, L, D)
         split = s.slices["text"].stop if "text" in s.slices else 0
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
         hidden = None
         if fuse:
             x, hidden = self.encoder(x, attn_mask, split, return_all=output_hidden_states)
-        pooled = self._pool_token(x, s.cls_positions, s.slices, key_mask)
+        pooled = s.pool_token(x, key_mask)
         return EncoderOutput(
             last_hidden_state=x,
             pooler_output=self.pooler(pooled) if fuse else pooled,
             attention_mask=key_mask,
-            segment_ids=torch.cat([seg.expand(B, -1) for seg in s.segments], dim=1)
-            if any(seg.shape[0] > 1 for seg in s.segments)  # per-row image segments
-            else torch.cat(s.segments, dim=1).expand(B, L),  # a (1, L) row, not copied B times
+            segment_ids=s.segment_ids(x.shape[0]),
             modality_slices=s.slices,
             cls_positions=s.cls_positions,
             hidden_states=hidden,
         )
-
-    @staticmethod
-    def _keep_text(
-        x: torch.Tensor, valid: torch.Tensor | None, keep: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather the kept text tokens: `(B, T, D)` -> `(B, Tk, D)` and their mask `(B, Tk)`."""
-        index = keep.clamp(min=0)
-        kept = torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, Tk, D)
-        slot = keep >= 0
-        return kept, slot if valid is None else slot & torch.gather(valid, 1, index)
 
     def _patch_valid(
         self,
@@ -410,37 +368,6 @@ class OneTowerModel(OneTowerPreTrainedModel):
         if valid is not None:
             out = out & valid
         return out
-
-    @staticmethod
-    def _joint_mask(masks: list[torch.Tensor | None], lengths: list[int]) -> torch.Tensor | None:
-        """Concatenate per-stream bool masks into `(B, L)`; None when no stream is padded."""
-        if all(m is None for m in masks):
-            return None
-        ref = next(m for m in masks if m is not None)
-        return torch.cat(
-            [
-                ref.new_ones(ref.shape[0], n) if m is None else m
-                for m, n in zip(masks, lengths, strict=True)
-            ],
-            dim=1,
-        )
-
-    @staticmethod
-    def _pool_token(
-        x: torch.Tensor,
-        cls_positions: dict[str, int],
-        slices: dict[str, slice],
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """The token the pooler reads: the first CLS, else the mean of the image patches."""
-        for name in ("text", "image"):
-            if name in cls_positions:
-                return x[:, cls_positions[name]]
-        patches = x[:, slices["image_patches"]]  # (B, N, D)
-        if mask is None:
-            return patches.mean(dim=1)
-        w = mask[:, slices["image_patches"]].unsqueeze(-1).to(x.dtype)  # (B, N, 1)
-        return (patches * w).sum(1) / w.sum(1).clamp(min=1)
 
 
 AutoModel.register(OneTowerConfig, OneTowerModel)

@@ -36,6 +36,10 @@ from onetower.training.tasks import TASKS, TaskData, dump_json, inputs, task_sum
 def _init_config(cfg: DictConfig) -> tuple[OneTowerConfig, Any | None]:
     """The encoder config the run starts from, and the saved labels when ``init`` is a task
     model of this task."""
+    if cfg.init_weights not in ("pretrained", "random"):  # before any data is loaded
+        raise ConfigError(
+            f"init_weights must be 'pretrained' or 'random', got {cfg.init_weights!r}"
+        )
     if cfg.init is None:
         fields = OmegaConf.to_container(cfg.model, resolve=True)
         size = fields.pop("size", None)
@@ -114,10 +118,6 @@ def _build_model(cfg: DictConfig, task: Any, config: OneTowerConfig, data: TaskD
         classifier_pooling=cfg.task.classifier_pooling,
         multi_image_method=cfg.task.multi_image_method,
     )
-    if cfg.init_weights not in ("pretrained", "random"):
-        raise ConfigError(
-            f"init_weights must be 'pretrained' or 'random', got {cfg.init_weights!r}"
-        )
     try:
         if cfg.init is None or cfg.init_weights == "random":
             return task.model_class.from_encoder(OneTowerModel(config), data.id2label, **head)

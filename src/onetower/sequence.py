@@ -1,0 +1,85 @@
+"""The joint sequence of one encoder pass: streams gathered in order, with what follows from
+them (the key mask, the segment ids, the token the pooler reads).
+
+``OneTowerModel`` appends a text stream and one or more image streams, then concatenates them
+for the fusion encoder; heads later find each stream through the output's segment map.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Streams:
+    """The streams of one pass, in sequence order."""
+
+    def __init__(self) -> None:
+        self.parts: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor | None] = []
+        self.segments: list[torch.Tensor] = []
+        self.slices: dict[str, slice] = {}
+        self.cls_positions: dict[str, int] = {}
+
+    def add(
+        self, name: str, x: torch.Tensor, valid: torch.Tensor | None, segment: int | torch.Tensor
+    ) -> int:
+        """Append a stream `(B, L_m, D)` with one segment id, or one per row (long `(B,)`);
+        returns where it starts along L."""
+        start = sum(p.shape[1] for p in self.parts)
+        self.parts.append(x)
+        self.masks.append(valid)
+        if isinstance(segment, torch.Tensor):  # (B, L_m)
+            self.segments.append(segment[:, None].expand(-1, x.shape[1]))
+        else:  # (1, L_m)
+            self.segments.append(
+                torch.full((1, x.shape[1]), segment, device=x.device, dtype=torch.long)
+            )
+        self.slices[name] = slice(start, start + x.shape[1])
+        return start
+
+    def tokens(self) -> torch.Tensor:
+        """The streams concatenated along L, `(B, L, D)`."""
+        return torch.cat(self.parts, dim=1) if len(self.parts) > 1 else self.parts[0]
+
+    def key_mask(self) -> torch.Tensor | None:
+        """Bool `(B, L)` real-token mask of the whole sequence; None when no stream is padded."""
+        if all(m is None for m in self.masks):
+            return None
+        ref = next(m for m in self.masks if m is not None)
+        return torch.cat(
+            [
+                ref.new_ones(ref.shape[0], p.shape[1]) if m is None else m
+                for m, p in zip(self.masks, self.parts, strict=True)
+            ],
+            dim=1,
+        )
+
+    def segment_ids(self, batch_size: int) -> torch.Tensor:
+        """Long `(B, L)`: a (1, L) row expanded to B (not copied), unless segments are per row."""
+        if any(seg.shape[0] > 1 for seg in self.segments):  # per-row image segments
+            return torch.cat([seg.expand(batch_size, -1) for seg in self.segments], dim=1)
+        row = torch.cat(self.segments, dim=1)
+        return row.expand(batch_size, row.shape[1])
+
+    def pool_token(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The token the pooler reads from ``x`` `(B, L, D)`: the first CLS, else the mean of
+        the image patches (over the real ones when ``mask`` is given)."""
+        for name in ("text", "image"):
+            if name in self.cls_positions:
+                return x[:, self.cls_positions[name]]
+        patches = x[:, self.slices["image_patches"]]  # (B, N, D)
+        if mask is None:
+            return patches.mean(dim=1)
+        w = mask[:, self.slices["image_patches"]].unsqueeze(-1).to(x.dtype)  # (B, N, 1)
+        return (patches * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+def keep_text(
+    x: torch.Tensor, valid: torch.Tensor | None, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather the kept text tokens: `(B, T, D)` -> `(B, Tk, D)` and their mask `(B, Tk)`
+    (``keep`` long `(B, Tk)`, -1 = padding slot)."""
+    index = keep.clamp(min=0)
+    kept = torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, Tk, D)
+    slot = keep >= 0
+    return kept, slot if valid is None else slot & torch.gather(valid, 1, index)
