@@ -26,7 +26,7 @@ from pathlib import Path
 
 from onetower.data.tokenizer import train_wordpiece_tokenizer
 from onetower.data.world import WORLD_VERSION, caption, render, sample_scene
-from onetower.data.world_tasks import STATEMENT_KINDS, questions, statement
+from onetower.data.world_tasks import NLVR2Example, nlvr2_example, questions
 
 VQA_SUBTYPES = {"train": "train2014", "validation": "val2014"}
 NLVR2_SPLITS = {"train": "train", "validation": "dev"}
@@ -139,26 +139,28 @@ def write_vqa(out: Path, spec: WorldSpec) -> list[str]:
     return texts
 
 
+def nlvr2_examples(seed: int, split: str, n: int) -> list[NLVR2Example]:
+    """The first ``n`` NLVR2 examples of the world's ``split`` ("train" / "validation") with
+    their scenes: what :func:`write_nlvr2` writes for that seed, without rendering."""
+    rng = _rng(seed, "nlvr2", split)
+    return [nlvr2_example(rng) for _ in range(n)]
+
+
 def write_nlvr2(out: Path, spec: WorldSpec) -> list[str]:
     """Write NLVR2 JSON-lines files (string labels) and left/right images; returns texts."""
     texts = []
     for split, n in (("train", spec.nlvr2_train), ("validation", spec.nlvr2_val)):
-        name, rng = NLVR2_SPLITS[split], _rng(spec.seed, "nlvr2", split)
+        name = NLVR2_SPLITS[split]
         image_dir = out / "images" / name
         image_dir.mkdir(parents=True, exist_ok=True)
         with open(out / f"{name}.json", "w", encoding="utf-8") as f:
-            for set_id in range(n):
-                label, kind = rng.random() < 0.5, rng.choice(STATEMENT_KINDS)
-                sentence = None
-                while sentence is None:  # resample the pair if no statement fits the label
-                    left, right = sample_scene(rng), sample_scene(rng)
-                    sentence = statement(left, right, rng, label, kind)
+            for set_id, ex in enumerate(nlvr2_examples(spec.seed, split, n)):
                 prefix = f"{name}-{set_id}-0"
-                render(left, spec.image_size).save(image_dir / f"{prefix}-img0.png")
-                render(right, spec.image_size).save(image_dir / f"{prefix}-img1.png")
-                row = {"identifier": f"{prefix}-0", "sentence": sentence, "label": str(label)}
+                render(ex.left, spec.image_size).save(image_dir / f"{prefix}-img0.png")
+                render(ex.right, spec.image_size).save(image_dir / f"{prefix}-img1.png")
+                row = {"identifier": f"{prefix}-0", "sentence": ex.sentence, "label": str(ex.label)}
                 f.write(json.dumps(row | {"left_url": "", "right_url": ""}) + "\n")
-                texts.append(sentence)
+                texts.append(ex.sentence)
     return texts
 
 

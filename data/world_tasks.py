@@ -6,7 +6,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from onetower.data.world import COLOURS, NUMBER_WORDS, SHAPES, Scene
+from onetower.data.world import COLOURS, NUMBER_WORDS, SHAPES, Scene, sample_scene
 
 #: Each of the 10 synthetic annotators answers at random (same answer type) this often.
 ANNOTATOR_NOISE = 0.1
@@ -153,3 +153,24 @@ def statement(
         if drawn is not None and drawn[1] == label:
             return drawn[0]
     return None
+
+
+@dataclass(frozen=True)
+class NLVR2Example:
+    """One synthetic NLVR2 example: the two scenes, the statement, its truth and its kind."""
+
+    left: Scene
+    right: Scene
+    sentence: str
+    label: bool
+    kind: str
+
+
+def nlvr2_example(rng: random.Random) -> NLVR2Example:
+    """Draw the label (true half the time) and the kind first, then pairs of scenes until a
+    statement of that kind has that label (:func:`statement`)."""
+    label, kind = rng.random() < 0.5, rng.choice(STATEMENT_KINDS)
+    while True:
+        left, right = sample_scene(rng), sample_scene(rng)
+        if (sentence := statement(left, right, rng, label, kind)) is not None:
+            return NLVR2Example(left, right, sentence, label, kind)

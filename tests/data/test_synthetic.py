@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from onetower.data import COLOURS, WorldSpec, colour_token_ids, ensure_synthetic_world
-from onetower.data.synthetic import main, write_synthetic_world
+from onetower.data.synthetic import main, nlvr2_examples, write_synthetic_world
 from onetower.data.world import (
     BACKGROUNDS,
     GRID,
@@ -24,7 +24,7 @@ from onetower.data.world import (
     render,
     sample_scene,
 )
-from onetower.data.world_tasks import STATEMENT_KINDS, questions, statement
+from onetower.data.world_tasks import STATEMENT_KINDS, nlvr2_example, questions
 
 
 def _rows(split_dir):
@@ -202,13 +202,7 @@ def test_nlvr2_statements_unguessable_from_their_text():
     numbers included) is near chance. World version 2 let a model score 85% on the "in total"
     statements with blank images (the false ones named numbers that no pair reaches)."""
     rng = random.Random(0)
-    rows = []
-    for _ in range(4000):  # as write_nlvr2 draws them
-        label, kind = rng.random() < 0.5, rng.choice(STATEMENT_KINDS)
-        sentence = None
-        while sentence is None:
-            sentence = statement(sample_scene(rng), sample_scene(rng), rng, label, kind)
-        rows.append((kind, sentence, label))
+    rows = [(ex.kind, ex.sentence, ex.label) for ex in (nlvr2_example(rng) for _ in range(4000))]
     for kind in STATEMENT_KINDS:
         labels = [label for k, _, label in rows if k == kind]
         assert len(labels) > 800 and 0.45 < np.mean(labels) < 0.55, kind
@@ -220,3 +214,23 @@ def test_nlvr2_statements_unguessable_from_their_text():
     test = rows[half:]
     acc = np.mean([majority.get(s, False) == label for _, s, label in test])
     assert acc < 0.5 + 4 * np.sqrt(0.25 / len(test)), acc
+
+
+def test_nlvr2_examples_are_what_the_world_wrote(world):
+    """``nlvr2_examples`` gives the scenes behind the written NLVR2 files (the oracle benchmark
+    reads them): same statements and labels, and the scenes render to the written images."""
+    spec = world.spec
+    for split, name, n in (
+        ("train", "train", spec.nlvr2_train),
+        ("validation", "dev", spec.nlvr2_val),
+    ):
+        rows = [json.loads(line) for line in (world.nlvr2_dir / f"{name}.json").open()]
+        examples = nlvr2_examples(world.spec.seed, split, n)
+        assert [(r["sentence"], r["label"]) for r in rows] == [
+            (ex.sentence, str(ex.label)) for ex in examples
+        ]
+        prefix = rows[-1]["identifier"].rsplit("-", 1)[0]
+        for side, scene in ((0, examples[-1].left), (1, examples[-1].right)):
+            written = Image.open(world.nlvr2_dir / "images" / name / f"{prefix}-img{side}.png")
+            rendered = render(scene, world.spec.image_size)
+            assert np.array_equal(np.asarray(written.convert("RGB")), np.asarray(rendered))
