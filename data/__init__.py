@@ -30,7 +30,6 @@ from onetower.data.synthetic import (
     write_synthetic_world,
 )
 from onetower.data.tokenizer import (
-    colour_token_ids,
     grounding_word_ids,
     load_tokenizer,
     train_wordpiece_tokenizer,
@@ -68,7 +67,6 @@ __all__ = [
     "build_dataset",
     "build_image_transform",
     "clean_text",
-    "colour_token_ids",
     "grounding_word_ids",
     "decode_image",
     "ensure_synthetic_world",

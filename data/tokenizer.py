@@ -107,13 +107,6 @@ def word_token_ids(tokenizer: PreTrainedTokenizerBase, words: Iterable[str]) -> 
     return ids
 
 
-def colour_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids of the synthetic world's colour words (for colour-word MLM accuracy)."""
-    from onetower.data.world import COLOURS
-
-    return word_token_ids(tokenizer, COLOURS)
-
-
 def grounding_word_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
     """The synthetic world's colour and shape words as token ids, per group, for the
     grounded-MLM probe; a group with a word that is not a single token is left out."""

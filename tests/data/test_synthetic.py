@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from transformers import AutoTokenizer
 
-from onetower.data import COLOURS, WorldSpec, colour_token_ids, ensure_synthetic_world
+from onetower.data import COLOURS, WorldSpec, ensure_synthetic_world, grounding_word_ids
 from onetower.data.synthetic import main, nlvr2_examples, write_synthetic_world
 from onetower.data.world import (
     BACKGROUNDS,
@@ -153,8 +153,8 @@ def test_tokenizer_contract(world, tokenizer):
     ] == [0, 1, 2, 3, 4]
     assert len(tokenizer) <= 512 and tokenizer.model_max_length == 24
     auto = AutoTokenizer.from_pretrained(str(world.tokenizer_dir))
-    ids = colour_token_ids(auto)
-    assert len(set(ids)) == len(COLOURS)
+    groups = grounding_word_ids(auto)  # every colour and shape word is one token
+    assert len(set(groups["colour"])) == len(COLOURS) and len(set(groups["shape"])) == len(SHAPES)
     enc = auto("a small red circle")["input_ids"]
     assert enc[0] == auto.cls_token_id and enc[-1] == auto.sep_token_id and len(enc) == 6
 
