@@ -142,6 +142,8 @@ def write_vqa(out: Path, spec: WorldSpec) -> list[str]:
 def nlvr2_examples(seed: int, split: str, n: int) -> list[NLVR2Example]:
     """The first ``n`` NLVR2 examples of the world's ``split`` ("train" / "validation") with
     their scenes: what :func:`write_nlvr2` writes for that seed, without rendering."""
+    if split not in NLVR2_SPLITS:  # another name would silently draw another stream
+        raise ValueError(f"NLVR2 split {split!r}: the world has {sorted(NLVR2_SPLITS)}")
     rng = _rng(seed, "nlvr2", split)
     return [nlvr2_example(rng) for _ in range(n)]
 

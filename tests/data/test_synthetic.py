@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 
 import datasets
 import numpy as np
+import pytest
 from PIL import Image
 from transformers import AutoTokenizer
 
@@ -234,3 +235,5 @@ def test_nlvr2_examples_are_what_the_world_wrote(world):
             written = Image.open(world.nlvr2_dir / "images" / name / f"{prefix}-img{side}.png")
             rendered = render(scene, world.spec.image_size)
             assert np.array_equal(np.asarray(written.convert("RGB")), np.asarray(rendered))
+    with pytest.raises(ValueError, match="'dev'"):
+        nlvr2_examples(spec.seed, "dev", 1)  # the file's name, not the world's split name
