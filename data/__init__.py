@@ -20,7 +20,13 @@ from onetower.data.masking import (
 )
 from onetower.data.mixing import MixedBatch, MixedBatches
 from onetower.data.nlvr2 import read_nlvr2
-from onetower.data.pipeline import MapDataset, SampleDecoder, StreamDataset, build_dataset
+from onetower.data.pipeline import (
+    CachedDataset,
+    MapDataset,
+    SampleDecoder,
+    StreamDataset,
+    build_dataset,
+)
 from onetower.data.robust import BadDataError, SkipCounter, SkipSample, clean_text, decode_image
 from onetower.data.sources import Source, interleave, load_images, load_pairs, load_texts
 from onetower.data.synthetic import (
@@ -45,6 +51,7 @@ __all__ = [
     "SHAPES",
     "BadDataError",
     "ImageCollator",
+    "CachedDataset",
     "MapDataset",
     "MaskedTokens",
     "MixedBatch",

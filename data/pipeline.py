@@ -94,6 +94,45 @@ class MapDataset(torch.utils.data.Dataset):
         self.decode.set_epoch(epoch)
 
 
+class CachedDataset(torch.utils.data.Dataset):
+    """Keeps the samples of a map-style dataset in memory after their first decode, up to
+    ``max_bytes`` of tensors; later samples are decoded every time.
+
+    Only for datasets whose samples do not change between epochs (no augmentation): a cached
+    sample is returned as it was first decoded. Fine-tuning without augmentation decodes two
+    PNGs and runs the transform per NLVR2 example, about a third of a CPU step at the synthetic
+    recipe's size (54 ms of decoding per batch of 32 against 95 ms for the model step).
+
+    Args:
+        dataset: a :class:`MapDataset` (or any map-style dataset of sample dicts or None).
+        max_bytes: memory budget for the cached tensors.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, max_bytes: int) -> None:
+        self.dataset, self.max_bytes, self.nbytes = dataset, max_bytes, 0
+        self._cache: dict[int, dict | None] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict | None:
+        if index in self._cache:
+            sample = self._cache[index]
+            return None if sample is None else dict(sample)  # the collator may add keys
+        sample = self.dataset[index]
+        size = 0 if sample is None else sum(
+            v.nbytes for v in sample.values() if isinstance(v, torch.Tensor)
+        )  # fmt: skip
+        if self.nbytes + size <= self.max_bytes:
+            self._cache[index] = sample
+            self.nbytes += size
+        return None if sample is None else dict(sample)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+
 class StreamDataset(torch.utils.data.IterableDataset):
     """Iterates a streaming source (worker sharding is done by ``datasets``), skipping bad rows."""
 

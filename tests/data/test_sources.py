@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from onetower.data import (
+    CachedDataset,
     MixedBatches,
     PairCollator,
     PatchMasking,
@@ -162,3 +163,37 @@ def test_interleave_same_kind(world, cache_dir):
         interleave([a, b], [3, 1], seed=0)  # different folders: relative paths would break
     mixed = interleave([a, a], [3, 1], seed=0)
     assert len(mixed.dataset) >= 48
+
+
+def test_cached_dataset_decodes_each_sample_once_within_its_budget(world, cache_dir):
+    """The cache gives back what the dataset gives, decodes a cached index only once, stops
+    caching at its budget (later samples are decoded every time) and hands out copies."""
+    ds = build_dataset(
+        load_pairs(world.pairs_dir, "train", cache_dir=cache_dir), build_image_transform(32, False)
+    )
+    calls = []
+
+    class Counting(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(ds)
+
+        def __getitem__(self, i):
+            calls.append(i)
+            return ds[i]
+
+        def set_epoch(self, epoch):
+            calls.append(("epoch", epoch))
+
+    per_sample = ds[0]["pixel_values"].nbytes  # 3 x 32 x 32 float32; no other tensor
+    cached = CachedDataset(Counting(), max_bytes=5 * per_sample)
+    for _ in range(2):
+        for i in range(8):
+            got, ref = cached[i], ds[i]
+            assert got.keys() == ref.keys() and got["text"] == ref["text"]
+            assert torch.equal(got["pixel_values"], ref["pixel_values"])
+    assert calls == [*range(8), 5, 6, 7]  # 0-4 cached, 5-7 over budget: decoded again
+    assert cached.nbytes == 5 * per_sample and len(cached) == len(ds)
+    cached[0]["text"] = "changed"
+    assert cached[0]["text"] == ds[0]["text"]
+    cached.set_epoch(3)
+    assert calls[-1] == ("epoch", 3)

@@ -19,7 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from onetower.configuration import OneTowerConfig
-from onetower.data import build_image_transform, ensure_synthetic_world, load_tokenizer
+from onetower.data import (
+    CachedDataset,
+    build_image_transform,
+    ensure_synthetic_world,
+    load_tokenizer,
+)
 from onetower.data.world import WORLD_VERSION
 from onetower.modeling import OneTowerModel
 from onetower.processing import OneTowerProcessor
@@ -178,6 +183,8 @@ def finetune(cfg: DictConfig) -> RunResult:
     }
     data = task.build(cfg, root, tokenizer, config.image_size, config.max_text_len, transforms,
                       init_labels)  # fmt: skip
+    if d.cache_mb > 0 and not d.augment:  # the same samples every epoch: decode them once
+        data.train = CachedDataset(data.train, d.cache_mb * 2**20)
     model = _build_model(cfg, task, config, data)
     if t.activation_checkpointing:
         model.onetower.activation_checkpointing_enable()

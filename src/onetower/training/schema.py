@@ -141,6 +141,9 @@ class TaskDataSection:
     augment: bool = False
     crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
     max_bad_fraction: float = 0.05
+    #: keep decoded training samples in memory, up to this many MB per process, when
+    #: ``augment`` is off (they are then the same every epoch); 0 = decode every time
+    cache_mb: int = 2048
 
 
 @dataclass
