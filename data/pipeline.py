@@ -118,15 +118,15 @@ class CachedDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict | None:
         if index in self._cache:
             sample = self._cache[index]
-            return None if sample is None else dict(sample)  # the collator may add keys
-        sample = self.dataset[index]
-        size = 0 if sample is None else sum(
-            v.nbytes for v in sample.values() if isinstance(v, torch.Tensor)
-        )  # fmt: skip
-        if self.nbytes + size <= self.max_bytes:
-            self._cache[index] = sample
-            self.nbytes += size
-        return None if sample is None else dict(sample)
+        else:
+            sample = self.dataset[index]
+            size = 0 if sample is None else sum(
+                v.nbytes for v in sample.values() if isinstance(v, torch.Tensor)
+            )  # fmt: skip
+            if self.nbytes + size <= self.max_bytes:
+                self._cache[index] = sample
+                self.nbytes += size
+        return None if sample is None else dict(sample)  # a copy: the collator may add keys
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.dataset, "set_epoch"):

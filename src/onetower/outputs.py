@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-#: Segment id of each stream in the joint sequence (rows of the segment embedding table).
-TEXT_SEGMENT, IMAGE_SEGMENT, SECOND_IMAGE_SEGMENT = 0, 1, 2
+#: Segment id of each stream in the joint sequence (rows of the segment embedding table); the
+#: i-th image of a row with several (from 0) has IMAGE_SEGMENT + i.
+TEXT_SEGMENT, IMAGE_SEGMENT = 0, 1
 
 
 def image_stream_name(i: int) -> str:
