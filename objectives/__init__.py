@@ -1,4 +1,4 @@
-"""Objective heads, their losses, and the composer that weights them.
+"""Objective heads, their losses, the views they declare, and the composer that weights them.
 
 Importing a head module registers its builder (see :mod:`onetower.objectives.registry`):
 adding an objective is one file here plus one export line below.
@@ -6,11 +6,6 @@ adding an objective is one file here plus one export line below.
 
 from onetower.objectives.base import (
     IGNORE_INDEX,
-    IMAGE,
-    MASKED_PAIR,
-    PAIR,
-    TEXT,
-    VIEW_NAMES,
     Objective,
     ObjectiveOutput,
     PredictionTransform,
@@ -24,15 +19,33 @@ from onetower.objectives.contrastive import (
     contrastive_loss,
 )
 from onetower.objectives.distributed import gather_with_grad
-from onetower.objectives.itm import ITMHead
-from onetower.objectives.itm_negatives import NegativePairs, hard_negatives, random_negatives
+from onetower.objectives.itm import HardNegatives, ITMHead
+from onetower.objectives.itm_negatives import (
+    NegativePairs,
+    RandomNegatives,
+    hard_negatives,
+    random_negatives,
+)
 from onetower.objectives.m3ae import M3AEHead
 from onetower.objectives.mim import MIMHead
 from onetower.objectives.mim_decoder import MAEDecoder, MaskTokenPredictor, reinsert_mask_tokens
 from onetower.objectives.mim_targets import MIMTarget, PixelTarget, TokenTarget
 from onetower.objectives.mlm import MLMHead
 from onetower.objectives.registry import OBJECTIVES, build_objective, register_objective
-from onetower.objectives.views import PairView, StepViews, ViewOptions
+from onetower.objectives.view_plan import StepViews, ViewConflict, plan_views
+from onetower.objectives.views import (
+    IMAGE,
+    MASKED_PAIR,
+    PAIR,
+    TEXT,
+    ImageView,
+    MaskedPairView,
+    NegativeSampler,
+    PairOutput,
+    PairView,
+    TextView,
+    ViewSpec,
+)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -43,31 +56,39 @@ __all__ = [
     "OBJECTIVES",
     "PAIR",
     "TEXT",
-    "VIEW_NAMES",
     "ComposerOutput",
     "ContrastiveHead",
     "ContrastiveResult",
+    "HardNegatives",
     "ITMHead",
+    "ImageView",
     "M3AEHead",
     "MAEDecoder",
     "MIMHead",
     "MIMTarget",
     "MLMHead",
     "MaskTokenPredictor",
+    "MaskedPairView",
     "NegativePairs",
+    "NegativeSampler",
     "Objective",
     "ObjectiveComposer",
     "ObjectiveOutput",
+    "PairOutput",
     "PairView",
     "PixelTarget",
     "PredictionTransform",
+    "RandomNegatives",
     "StepViews",
+    "TextView",
     "TokenTarget",
-    "ViewOptions",
+    "ViewConflict",
+    "ViewSpec",
     "build_objective",
     "contrastive_loss",
     "gather_with_grad",
     "hard_negatives",
+    "plan_views",
     "random_negatives",
     "register_objective",
     "reinsert_mask_tokens",

@@ -1,30 +1,25 @@
-"""What every objective head shares: its output dataclass, the view names and loss helpers.
+"""What every objective head shares: the head contract, its output and loss helpers.
 
-A head is an ``nn.Module`` with a ``views`` tuple naming the encoder passes it reads and a
-``forward(views, batch) -> ObjectiveOutput``. ``views`` maps each declared view name to its
-output (the composer computes each view at most once per step and hands a head only the views
-it declared). A head never logs, calls backward or reads global config.
+A head is an ``nn.Module`` that declares everything the machinery uses (no attribute is
+looked up by ``hasattr``): the views it reads as specs (:mod:`onetower.objectives.views`),
+the batch modalities it needs, whether a batch applies, and two hooks, one run after every
+optimizer step and one that predicts pixels for the reconstruction pictures. Its ``forward``
+takes the views (kind -> output) and the batch and returns an :class:`ObjectiveOutput`. A
+head never logs, calls backward or reads global config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Masked text (MLM) + masked image (MIM) in one pass; either stream may be absent.
-MASKED_PAIR = "masked_pair"
-#: Clean text + clean image, plus ITM negative pairs (see :class:`~onetower.objectives.views.PairView`).
-PAIR = "pair"
-#: Clean text alone (contrastive text features; FLAVA tower states when the model has towers).
-TEXT = "text"
-#: Clean image alone (contrastive image features), with optional FLIP patch dropout.
-IMAGE = "image"
-VIEW_NAMES = (MASKED_PAIR, PAIR, TEXT, IMAGE)
+if TYPE_CHECKING:
+    from onetower.objectives.views import ViewSpec
 
 #: Label value that marks a position as not selected (HF / BERT convention).
 IGNORE_INDEX = -100
@@ -49,8 +44,9 @@ class ObjectiveOutput:
 class Objective(Protocol):
     """The head contract (structural: heads compose modules, they do not inherit)."""
 
-    #: View names this head reads, from :data:`VIEW_NAMES`.
-    views: tuple[str, ...]
+    #: The views this head reads, as specs; the composer merges them with the other heads'
+    #: specs at build time and hands the head ``{spec.kind: output}``.
+    views: tuple[ViewSpec, ...]
     #: Batch modalities the head needs: a subset of ``{"text", "image"}``.
     modalities: frozenset[str]
 
@@ -58,6 +54,18 @@ class Objective(Protocol):
 
     def applies_to(self, batch: Mapping[str, Any]) -> bool:
         """True when the batch carries everything this head needs (e.g. its labels)."""
+        ...
+
+    def after_optimizer_step(self) -> None:
+        """Called once after every optimizer step (e.g. clamp a learned temperature)."""
+        ...
+
+    def predict_pixels(
+        self, views: Mapping[str, Any], batch: Mapping[str, Any]
+    ) -> torch.Tensor | None:
+        """Predicted pixels of every patch `(B, N, P*P*C)` in the space of
+        ``patchify(pixel_values)`` (for reconstruction pictures), or None for heads that do
+        not predict pixels."""
         ...
 
 

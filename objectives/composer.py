@@ -8,13 +8,15 @@ A recipe drives it with one stanza per head, e.g.::
       itm: {weight: 1.0, negatives: hard}
       contrastive: {weight: 1.0}
 
-Heads with weight 0 are not built. On an unpaired batch (text-only or image-only) only the
-heads whose modalities are present run (unimodal MLM / MIM).
+Heads with weight 0 are not built. At build time the heads' view specs are merged into one
+plan (:func:`~onetower.objectives.view_plan.plan_views`); two heads asking for conflicting
+views fail then, naming both. On an unpaired batch (text-only or image-only) only the heads
+whose modalities are present run (unimodal MLM / MIM).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,11 +25,9 @@ from torch import nn
 
 from onetower.data import keys
 from onetower.objectives.base import check_options
-from onetower.objectives.registry import OBJECTIVES, build_objective, builder_options
-from onetower.objectives.views import StepViews, ViewOptions
-
-#: Built first, so later builders can take shared pieces from them (ITM hard negatives).
-BUILD_FIRST = ("contrastive",)
+from onetower.objectives.registry import OBJECTIVES, build_objective, build_order, builder_options
+from onetower.objectives.view_plan import StepViews, needed_kinds, plan_views
+from onetower.objectives.views import ViewSpec
 
 
 @dataclass
@@ -73,6 +73,9 @@ class ObjectiveComposer(nn.Module):
         weights: name -> loss weight (> 0).
         seed: seed of the generator behind ITM negatives and patch dropout; give each process
             its own (e.g. ``seed + rank``).
+
+    Raises:
+        ValueError: no head, mismatched names, or heads whose view specs conflict.
     """
 
     def __init__(
@@ -91,7 +94,8 @@ class ObjectiveComposer(nn.Module):
         self.heads = nn.ModuleDict(dict(heads))
         self.weights = {k: float(v) for k, v in weights.items()}
         self.generator = torch.Generator().manual_seed(seed)
-        self.view_options = self._view_options()
+        #: view kind -> the merged spec every head of that kind reads
+        self.plan: dict[str, ViewSpec] = plan_views({n: h.views for n, h in self.heads.items()})
 
     @classmethod
     def from_config(
@@ -116,39 +120,22 @@ class ObjectiveComposer(nn.Module):
                     f"unknown objective {name!r}; registered: {', '.join(sorted(OBJECTIVES))}"
                 )
             check_options(name, opts, builder_options(OBJECTIVES[name]))
-        order = [n for n in BUILD_FIRST if n in stanzas]
-        order += [n for n in stanzas if n not in BUILD_FIRST]
         heads: dict[str, nn.Module] = {}
-        for name in order:
-            if weights[name] > 0:
-                heads[name] = build_objective(name, model, stanzas[name], heads)
+        for name in build_order([n for n in stanzas if weights[n] > 0]):
+            heads[name] = build_objective(name, model, stanzas[name], heads)
         return cls(model, heads, {n: weights[n] for n in heads}, seed=seed)
 
-    def _view_options(self) -> ViewOptions:
-        """Collect how views are built from optional head attributes: ``masking`` (MIM),
-        ``text_masking == "drop"`` (M3AE),
-        ``patch_dropout`` (contrastive), ``negatives`` + ``sampler_views`` + ``masked_pass``
-        (ITM)."""
-        opts = ViewOptions()
-        for head in self.heads.values():
-            if hasattr(head, "masking"):
-                opts.mim_masking = head.masking
-            if getattr(head, "text_masking", None) == "drop":
-                opts.drop_text = True
-            if getattr(head, "patch_dropout", 0.0):
-                opts.patch_dropout = head.patch_dropout
-            if hasattr(head, "negatives"):
-                opts.negatives = head.negatives
-                opts.sampler_views = tuple(getattr(head, "sampler_views", ()))
-                opts.swap_negatives = getattr(head, "swap", False)
-                opts.itm_masked_pass = getattr(head, "masked_pass", False)
-        if opts.itm_masked_pass and (opts.mim_masking == "drop" or opts.drop_text):
-            # dropped tokens leave no per-row mask for loss_batch to restrict to the positives
-            raise ValueError(
-                "itm masked_pass=true needs mask-token MIM (masking: mask_token) and [MASK]ed "
-                "text; it cannot be combined with dropped patches or dropped text tokens"
-            )
-        return opts
+    def views(
+        self,
+        batch: Mapping[str, Any],
+        generator: torch.Generator | None = None,
+        heads: Collection[str] | None = None,
+    ) -> StepViews:
+        """The lazy views of ``batch`` for ``heads`` (default: every head), e.g. to read one
+        pass outside a training step (evaluation, pictures)."""
+        names = list(self.heads) if heads is None else list(heads)
+        planned = needed_kinds([s for n in names for s in self.heads[n].views], self.plan)
+        return StepViews(self.model, batch, self.plan, generator or self.generator, planned)
 
     def active_heads(self, batch: Mapping[str, Any]) -> list[str]:
         """Names of the heads that apply to this batch (modalities present, labels present)."""
@@ -179,19 +166,21 @@ class ObjectiveComposer(nn.Module):
                 f"no enabled objective ({', '.join(self.heads)}) applies to a batch with keys "
                 f"{sorted(batch)}"
             )
-        planned = {v for name in active for v in self.heads[name].views}
-        views = StepViews(
-            self.model, batch, self.view_options, generator or self.generator, planned
-        )
+        views = self.views(batch, generator, active)
         total: torch.Tensor | None = None
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}
         for name in active:
             head = self.heads[name]
-            head_views = {v: views[v] for v in head.views}  # resolved before loss_batch
-            out = head(head_views, views.loss_batch())
+            head_views = {s.kind: views[s.kind] for s in head.views}  # before loss_batch
+            out = head(head_views, views.loss_batch)
             weighted = self.weights[name] * out.loss
             total = weighted if total is None else total + weighted
             losses[f"{name}_loss"] = out.loss.detach()
             metrics.update({f"{name}_{k}": v.detach() for k, v in out.metrics.items()})
         return ComposerOutput(total, losses, metrics, tuple(views.computed))
+
+    def after_optimizer_step(self) -> None:
+        """Run every head's hook after an optimizer step."""
+        for head in self.heads.values():
+            head.after_optimizer_step()

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from onetower.data import keys
-from onetower.objectives.base import IMAGE, TEXT, ObjectiveOutput
+from onetower.objectives.base import ObjectiveOutput
 from onetower.objectives.distributed import gather_no_grad, gather_with_grad, world
 from onetower.objectives.registry import register_objective
+from onetower.objectives.views import IMAGE, TEXT, ImageView, TextView
 from onetower.outputs import EncoderOutput
 
 #: CLIP's initial temperature 0.07, as a log logit scale.
@@ -106,10 +107,9 @@ class ContrastiveHead(nn.Module):
         proj_dim: embedding width E.
         gather: gather features across processes with gradient.
         patch_dropout: fraction of image patches dropped from the ``image`` view in training
-            (FLIP); read by the composer when it builds that view.
+            (FLIP).
     """
 
-    views = (TEXT, IMAGE)
     modalities = frozenset({"text", "image"})
 
     def __init__(
@@ -121,20 +121,24 @@ class ContrastiveHead(nn.Module):
         self.text_proj = nn.Linear(dim, proj_dim, bias=False)
         self.image_proj = nn.Linear(dim, proj_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
-        self.gather, self.patch_dropout = gather, patch_dropout
+        self.gather = gather
+        self.views = (TextView(), ImageView(patch_dropout=patch_dropout))
 
     def applies_to(self, batch: Mapping[str, Any]) -> bool:
         return keys.INPUT_IDS in batch and keys.PIXEL_VALUES in batch  # clean text and image
 
     def scale(self) -> torch.Tensor:
         """The logit scale clamped to [0, ln 100]; the clamp is functional, see
-        :meth:`clamp_logit_scale_` for keeping the parameter itself in range."""
+        :meth:`after_optimizer_step` for keeping the parameter itself in range."""
         return self.logit_scale.clamp(0.0, LOGIT_SCALE_MAX)
 
     @torch.no_grad()
-    def clamp_logit_scale_(self) -> None:
-        """Clamp the parameter in place (open_clip does this after each optimizer step)."""
+    def after_optimizer_step(self) -> None:
+        """Clamp the logit scale parameter in place (open_clip does this after each step)."""
         self.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
+
+    def predict_pixels(self, views: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        return None
 
     def embed(self, text: EncoderOutput, image: EncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised ``(image (B, E), text (B, E))`` embeddings of the two views."""

@@ -10,6 +10,7 @@ masked-modeling losses skip those rows.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,10 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from onetower.data import keys
-from onetower.objectives.base import IMAGE, PAIR, TEXT, ObjectiveOutput, accuracy
-from onetower.objectives.contrastive import image_features, text_features
-from onetower.objectives.itm_negatives import NegativePairs, hard_negatives, random_negatives
+from onetower.objectives.base import ObjectiveOutput, accuracy
+from onetower.objectives.contrastive import ContrastiveHead, image_features, text_features
+from onetower.objectives.itm_negatives import NegativePairs, RandomNegatives, hard_negatives
 from onetower.objectives.registry import register_objective
+from onetower.objectives.views import IMAGE, PAIR, TEXT, ImageView, PairView, TextView
 from onetower.outputs import EncoderOutput
 
 NEGATIVE_MODES = ("random", "hard")
@@ -34,6 +36,21 @@ def cosine_similarity(text: EncoderOutput, image: EncoderOutput) -> torch.Tensor
     img = F.normalize(image_features(image).float(), dim=-1)
     txt = F.normalize(text_features(text).float(), dim=-1)
     return img @ txt.t() / 0.07
+
+
+@dataclass(frozen=True)
+class HardNegatives:
+    """ALBEF's hard negatives as a ``pair`` view's sampler: for every text an image drawn from
+    softmax(similarity), and vice versa, from the clean text and image views."""
+
+    similarity: Similarity = cosine_similarity
+    views: tuple = (TextView(), ImageView())
+
+    def __call__(
+        self, batch: Mapping[str, Any], views: Mapping[str, Any], generator: torch.Generator
+    ) -> NegativePairs:
+        sim = self.similarity(views[TEXT], views[IMAGE])  # (B, B)
+        return hard_negatives(sim, generator, batch.get(keys.IMAGE_IDS))
 
 
 class ITMHead(nn.Module):
@@ -53,7 +70,6 @@ class ITMHead(nn.Module):
             multimodal pass, then MLM / MIM on the positive rows only); no pass of its own.
     """
 
-    views = (PAIR,)
     modalities = frozenset({"text", "image"})
 
     def __init__(
@@ -66,6 +82,8 @@ class ITMHead(nn.Module):
         masked_pass: bool = False,
     ) -> None:
         super().__init__()
+        if negatives not in NEGATIVE_MODES:
+            raise ValueError(f"itm negatives must be one of {NEGATIVE_MODES}, got {negatives!r}")
         if swap and negatives != "random":
             raise ValueError("itm swap=true needs negatives=random (hard negatives add pairs)")
         if masked_pass and negatives != "random":
@@ -75,40 +93,29 @@ class ITMHead(nn.Module):
                 "itm masked_pass=true needs neg_ratio < 1: the masked-modeling losses keep only "
                 f"the positive rows, and neg_ratio={neg_ratio} leaves none"
             )
-        self.swap, self.masked_pass = swap or masked_pass, masked_pass
-        if negatives not in NEGATIVE_MODES:
-            raise ValueError(f"itm negatives must be one of {NEGATIVE_MODES}, got {negatives!r}")
         if not 0.0 < neg_ratio <= 1.0:
             raise ValueError(f"itm neg_ratio must be in (0, 1], got {neg_ratio}")
         self.classifier = nn.Linear(dim, 2)
-        self.mode, self.neg_ratio = negatives, neg_ratio
-        self.similarity = similarity or cosine_similarity
-        #: views the negative sampler reads (the composer resolves them before ``pair``).
-        self.sampler_views: tuple[str, ...] = (TEXT, IMAGE) if negatives == "hard" else ()
+        sampler = (
+            RandomNegatives(neg_ratio)
+            if negatives == "random"
+            else HardNegatives(similarity or cosine_similarity)
+        )
+        layout = "masked_pass" if masked_pass else "swap" if swap else "append"
+        self.views = (PairView(negatives=sampler, layout=layout),)
 
     def applies_to(self, batch: Mapping[str, Any]) -> bool:
         return keys.INPUT_IDS in batch and keys.PIXEL_VALUES in batch  # clean text and image
 
-    def negatives(
-        self, batch: Mapping[str, Any], views: Mapping[str, Any], generator: torch.Generator
-    ) -> NegativePairs:
-        """Draw the negative pairs of this step (no gradient flows through the choice).
+    def after_optimizer_step(self) -> None:
+        pass
 
-        Args:
-            batch: needs ``INPUT_IDS``; ``IMAGE_IDS`` `(B,)` if given excludes same-image pairs.
-            views: ``{"text", "image"}`` outputs in hard mode, else unused.
-            generator: randomness source.
-        """
-        ids = batch.get(keys.IMAGE_IDS)
-        B = batch[keys.INPUT_IDS].shape[0]
-        device = batch[keys.INPUT_IDS].device
-        if self.mode == "random":
-            return random_negatives(B, self.neg_ratio, generator, ids, device)
-        return hard_negatives(self.similarity(views[TEXT], views[IMAGE]), generator, ids)
+    def predict_pixels(self, views: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        return None
 
     def forward(self, views: Mapping[str, Any], batch: Mapping[str, Any]) -> ObjectiveOutput:
         """Args:
-            views: ``{"pair": PairView}`` (positives then negatives along the batch).
+            views: ``{"pair": PairOutput}`` (positives and negatives along the batch).
             batch: unused (labels come with the view).
 
         Returns:
@@ -130,7 +137,7 @@ class ITMHead(nn.Module):
         return ObjectiveOutput(loss=loss, metrics=metrics)
 
 
-@register_objective("itm")
+@register_objective("itm", uses=("contrastive",))
 def build_itm(
     model: nn.Module,
     built: Mapping[str, nn.Module],
@@ -141,5 +148,5 @@ def build_itm(
 ) -> ITMHead:
     """ITM head; hard negatives reuse the contrastive head's similarity when it is built."""
     contrastive = built.get("contrastive")
-    similarity = getattr(contrastive, "similarity", None) if negatives == "hard" else None
+    similarity = contrastive.similarity if isinstance(contrastive, ContrastiveHead) else None
     return ITMHead(model.config.hidden_size, negatives, neg_ratio, similarity, swap, masked_pass)

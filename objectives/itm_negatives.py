@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from onetower.data import keys
+
 
 @dataclass
 class NegativePairs:
@@ -101,3 +103,22 @@ def hard_negatives(
     return NegativePairs(
         text_index=torch.cat([t_rows, hard_texts]), image_index=torch.cat([hard_images, i_rows])
     )
+
+
+@dataclass(frozen=True)
+class RandomNegatives:
+    """In-batch random negatives (ViLT / UNITER / FLAVA) as a ``pair`` view's sampler.
+
+    Attributes:
+        ratio: negatives per positive, in (0, 1].
+    """
+
+    ratio: float = 1.0
+    #: reads no view: the draw depends on the batch size and image ids alone
+    views: tuple = ()
+
+    def __call__(self, batch: dict, views: dict, generator: torch.Generator) -> NegativePairs:
+        ids = batch[keys.INPUT_IDS]
+        return random_negatives(
+            ids.shape[0], self.ratio, generator, batch.get(keys.IMAGE_IDS), ids.device
+        )

@@ -16,10 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from onetower.data import keys
+from onetower.data import PatchMasking, TextMasking, keys
 from onetower.objectives.base import (
     IGNORE_INDEX,
-    MASKED_PAIR,
     ObjectiveOutput,
     accuracy,
     cross_entropy_mean,
@@ -28,6 +27,7 @@ from onetower.objectives.mim import masked_patches
 from onetower.objectives.mim_decoder import MAEDecoder, reinsert_mask_tokens
 from onetower.objectives.mim_targets import PixelTarget
 from onetower.objectives.registry import register_objective
+from onetower.objectives.views import MASKED_PAIR, MaskedPairView
 from onetower.unimodal import sincos_1d, sincos_2d
 
 
@@ -41,13 +41,11 @@ class M3AEHead(nn.Module):
         decoder_dim, depth, num_heads: decoder width, blocks and heads.
         image_weight, text_weight: weights of the two reconstruction losses.
         norm_eps: LayerNorm epsilon.
+        text_masking, patches: how tokens and patches are selected; the selected ones never
+            reach the encoder.
     """
 
-    views = (MASKED_PAIR,)
     modalities = frozenset({"text", "image"})
-    #: masked text tokens and patches never reach the encoder
-    text_masking = "drop"
-    masking = "drop"
 
     def __init__(
         self,
@@ -60,8 +58,18 @@ class M3AEHead(nn.Module):
         image_weight: float = 1.0,
         text_weight: float = 0.5,
         norm_eps: float = 1e-6,
+        text_masking: TextMasking | None = None,
+        patches: PatchMasking | None = None,
     ) -> None:
         super().__init__()
+        self.views = (
+            MaskedPairView(
+                text_mode="drop",
+                text_masking=text_masking or TextMasking(0.75),
+                image_mode="drop",
+                image_masking=patches or PatchMasking((1, 1), 0.75),
+            ),
+        )
         # the MAE decoder's pieces (projection, mask token, blocks), run over both streams
         self.decoder = MAEDecoder(dim, decoder_dim, depth, num_heads, norm_eps=norm_eps)
         self.type_embed = nn.Parameter(torch.zeros(2, decoder_dim))  # text, image
@@ -96,9 +104,14 @@ class M3AEHead(nn.Module):
         x, _ = dec.blocks(torch.cat([text, image], dim=1), attn)  # (B, T + N, Dd)
         return x[:, :T], x[:, T:]
 
-    def pixels(self, out: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+    def after_optimizer_step(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def predict_pixels(self, views: Mapping[str, Any], batch: Mapping[str, Any]) -> torch.Tensor:
         """Predicted pixels of every patch `(B, N, P*P*C)` (reconstruction pictures)."""
-        return self.to_pixels(self.decode(out, batch)[1])
+        pred = self.to_pixels(self.decode(views[MASKED_PAIR], batch)[1])
+        return self.target.to_pixels(pred, batch[keys.PIXEL_VALUES])
 
     def forward(self, views: Mapping[str, Any], batch: Mapping[str, Any]) -> ObjectiveOutput:
         """Args:
@@ -140,11 +153,30 @@ def build_m3ae(
     image_weight: float = 1.0,
     text_weight: float = 0.5,
     norm_pix_loss: bool = False,
+    mask_ratio: float = 0.75,
+    text_mask_ratio: float = 0.75,
 ) -> M3AEHead:
-    """M3AE head; the decoder defaults to the encoder's width and heads."""
+    """M3AE head; the decoder defaults to the encoder's width and heads.
+
+    Args:
+        mask_ratio: share of patches dropped before the encoder (M3AE: 0.75).
+        text_mask_ratio: share of text tokens dropped before the encoder (M3AE: 0.75).
+    """
     c = model.config
+    for name, ratio in (("mask_ratio", mask_ratio), ("text_mask_ratio", text_mask_ratio)):
+        if not 0.0 < ratio < 1.0:
+            raise ValueError(f"m3ae {name} must be in (0, 1), got {ratio}")
     target = PixelTarget(c.patch_size, c.num_channels, norm_pix_loss)
     return M3AEHead(
-        c.hidden_size, c.vocab_size, target, decoder_dim or c.hidden_size, decoder_depth,
-        decoder_heads or c.num_attention_heads, image_weight, text_weight, c.layer_norm_eps,
-    )  # fmt: skip
+        c.hidden_size,
+        c.vocab_size,
+        target,
+        decoder_dim or c.hidden_size,
+        decoder_depth,
+        decoder_heads or c.num_attention_heads,
+        image_weight,
+        text_weight,
+        c.layer_norm_eps,
+        text_masking=TextMasking(text_mask_ratio),
+        patches=PatchMasking(model.image.grid, mask_ratio),
+    )

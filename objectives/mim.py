@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from onetower.data import keys
-from onetower.objectives.base import MASKED_PAIR, ObjectiveOutput
+from onetower.data import PatchMasking, keys
+from onetower.objectives.base import ObjectiveOutput
 from onetower.objectives.mim_decoder import MAEDecoder, MaskTokenPredictor
 from onetower.objectives.mim_targets import MIMTarget, PixelTarget, TokenTarget
 from onetower.objectives.registry import register_objective
+from onetower.objectives.views import MASKED_PAIR, MaskedPairView
 
 MASKING_STYLES = ("drop", "mask_token")
 
@@ -53,29 +54,42 @@ class MIMHead(nn.Module):
         predictor: :class:`MAEDecoder` or :class:`MaskTokenPredictor` (anything mapping
             ``(patches (B, Nk, D), keep_ids, grid)`` to features `(B, N, F)` with ``out_dim`` F).
         target: a :class:`MIMTarget`.
-        masking: ``"drop"`` or ``"mask_token"``; tells the composer how to build the
-            ``masked_pair`` view.
+        masking: ``"drop"`` or ``"mask_token"``: how the ``masked_pair`` view hides the
+            masked patches from the encoder.
+        patches: how patches are selected (ratio, BEiT blocks).
     """
 
-    views = (MASKED_PAIR,)
     modalities = frozenset({"image"})
 
-    def __init__(self, predictor: nn.Module, target: MIMTarget, masking: str) -> None:
+    def __init__(
+        self, predictor: nn.Module, target: MIMTarget, masking: str, patches: PatchMasking
+    ) -> None:
         super().__init__()
         if masking not in MASKING_STYLES:
             raise ValueError(f"mim masking must be one of {MASKING_STYLES}, got {masking!r}")
-        self.predictor, self.target, self.masking = predictor, target, masking
+        self.predictor, self.target = predictor, target
         self.output = nn.Linear(predictor.out_dim, target.out_dim)
+        self.views = (MaskedPairView(image_mode=masking, image_masking=patches),)
 
     def applies_to(self, batch: Mapping[str, Any]) -> bool:
         has_mask = keys.MIM_MASK in batch or keys.IMAGE_KEEP_IDS in batch
         return keys.PIXEL_VALUES in batch and has_mask
 
-    def pixels(self, out: Any, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Predictions for every patch `(B, N, out_dim)` (pixels with a pixel target)."""
-        return self.output(
+    def after_optimizer_step(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def predict_pixels(
+        self, views: Mapping[str, Any], batch: Mapping[str, Any]
+    ) -> torch.Tensor | None:
+        """Predicted pixels of every patch `(B, N, P*P*C)`, or None with a token target."""
+        if not isinstance(self.target, PixelTarget):
+            return None
+        out = views[MASKED_PAIR]
+        pred = self.output(
             self.predictor(out.tokens("image_patches"), out.image_keep_ids, out.image_grid)
-        )
+        )  # (B, N, P*P*C)
+        return self.target.to_pixels(pred, batch[keys.PIXEL_VALUES])
 
     def forward(self, views: Mapping[str, Any], batch: Mapping[str, Any]) -> ObjectiveOutput:
         """Args:
@@ -120,6 +134,8 @@ def build_mim(
     decoder_heads: int | None = None,
     tokenizer: str | Callable[..., Any] | None = None,
     vocab_size: int | None = None,
+    mask_ratio: float | None = None,
+    block: bool = False,
 ) -> MIMHead:
     """MIM head from recipe options.
 
@@ -133,10 +149,18 @@ def build_mim(
         decoder_dim, decoder_heads: decoder width / heads (default: the encoder's).
         tokenizer: discrete visual tokenizer (object or ``"module:factory"``) for ``tokens``.
         vocab_size: its codebook size.
+        mask_ratio: share of patches masked; default 0.4 with mask tokens (BEiT / FLAVA mask
+            75 of 196), 0.75 when patches are dropped (MAE).
+        block: BEiT's block-wise masking (rectangles) instead of random patches.
     """
     c = model.config
     if masking is None:
         masking = "mask_token" if c.use_mask_token else "drop"
+    if mask_ratio is None:
+        mask_ratio = 0.4 if masking == "mask_token" else 0.75
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f"mim mask_ratio must be in (0, 1), got {mask_ratio}")
+    patches = PatchMasking(model.image.grid, mask_ratio, block=block)
     if masking == "mask_token" and not c.use_mask_token:
         raise ValueError("mim masking='mask_token' needs an encoder built with use_mask_token=True")
     if isinstance(target, str):
@@ -160,4 +184,4 @@ def build_mim(
         raise ValueError("mim masking='drop' needs decoder_depth >= 1 to re-insert mask tokens")
     else:
         predictor = MaskTokenPredictor(c.hidden_size)
-    return MIMHead(predictor, target, masking)
+    return MIMHead(predictor, target, masking, patches)

@@ -66,6 +66,18 @@ class PixelTarget(nn.Module):
             target = (target - mean) / (var + self.eps) ** 0.5
         return target
 
+    @torch.no_grad()
+    def to_pixels(self, pred: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Predictions `(B, N, P*P*C)` in the space of ``patchify(pixel_values)``: with
+        ``norm_pix_loss`` the truth's per-patch mean and variance are put back (as MAE shows
+        its reconstructions)."""
+        pred = pred.float()
+        if not self.norm_pix_loss:
+            return pred
+        truth = patchify(pixel_values.float(), self.patch_size)  # (B, N, P*P*C)
+        mu, var = truth.mean(-1, keepdim=True), truth.var(-1, keepdim=True)
+        return pred * (var + self.eps) ** 0.5 + mu
+
     def loss(
         self, pred: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -8,10 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from onetower.data import keys
+from onetower.data import TextMasking, keys
 from onetower.objectives.base import (
     IGNORE_INDEX,
-    MASKED_PAIR,
     ObjectiveOutput,
     PredictionTransform,
     accuracy,
@@ -19,6 +18,7 @@ from onetower.objectives.base import (
     select_rows,
 )
 from onetower.objectives.registry import register_objective
+from onetower.objectives.views import MASKED_PAIR, MaskedPairView
 
 
 class MLMHead(nn.Module):
@@ -32,15 +32,17 @@ class MLMHead(nn.Module):
         embedding: the text embedder's token embedding `(V, D)`; its weight is the decoder
             weight (tied, as in BERT / ViLT). Injected by the builder.
         eps: LayerNorm epsilon of the transform.
+        masking: how tokens are selected; they are replaced ([MASK] / random / kept) in the
+            encoder input of the ``masked_pair`` view.
     """
 
-    views = (MASKED_PAIR,)
     modalities = frozenset({"text"})
-    #: masked tokens are replaced ([MASK] / random / kept) in the encoder input
-    text_masking = "replace"
 
-    def __init__(self, embedding: nn.Embedding, eps: float = 1e-12) -> None:
+    def __init__(
+        self, embedding: nn.Embedding, eps: float = 1e-12, masking: TextMasking | None = None
+    ) -> None:
         super().__init__()
+        self.views = (MaskedPairView(text_mode="replace", text_masking=masking or TextMasking()),)
         vocab, dim = embedding.weight.shape
         self.transform = PredictionTransform(dim, eps)
         self.embedding = embedding  # shared with the encoder: one tensor, two module paths
@@ -48,6 +50,12 @@ class MLMHead(nn.Module):
 
     def applies_to(self, batch: Mapping[str, Any]) -> bool:
         return keys.MLM_LABELS in batch and keys.MLM_INPUT_IDS in batch
+
+    def after_optimizer_step(self) -> None:
+        pass
+
+    def predict_pixels(self, views: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        return None
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits `(M, V)` of selected states `(M, D)`."""
@@ -76,6 +84,25 @@ class MLMHead(nn.Module):
 
 
 @register_objective("mlm")
-def build_mlm(model: nn.Module, built: Mapping[str, nn.Module], eps: float = 1e-12) -> MLMHead:
-    """MLM head tied to ``model.get_input_embeddings()``."""
-    return MLMHead(model.get_input_embeddings(), eps=eps)
+def build_mlm(
+    model: nn.Module,
+    built: Mapping[str, nn.Module],
+    probability: float = 0.15,
+    whole_word: bool = False,
+    mask_replace: float = 0.8,
+    random_replace: float = 0.1,
+    eps: float = 1e-12,
+) -> MLMHead:
+    """MLM head tied to ``model.get_input_embeddings()``.
+
+    Args:
+        probability: share of tokens (of words, with ``whole_word``) selected (BERT: 0.15).
+        whole_word: select whole words, by the tokenizer's own word boundaries (ViLT).
+        mask_replace, random_replace: shares of the selected tokens replaced by [MASK] and by
+            a random token (BERT: 0.8 / 0.1; the rest stay unchanged).
+        eps: LayerNorm epsilon of the prediction transform.
+    """
+    if not 0.0 < probability <= 1.0:
+        raise ValueError(f"mlm probability must be in (0, 1], got {probability}")
+    masking = TextMasking(probability, mask_replace, random_replace, whole_word)
+    return MLMHead(model.get_input_embeddings(), eps=eps, masking=masking)

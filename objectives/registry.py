@@ -4,9 +4,11 @@ Each objective file registers its builder with :func:`register_objective`; addin
 is one file, one export line in ``objectives/__init__.py`` (the import registers it), one test
 file and one YAML stanza. A builder has the signature
 ``builder(model, built, **options) -> head``: ``model`` is the shared encoder (the source of
-injected shared weights such as the token embedding), ``built`` the heads built before it (the
-composer builds ``contrastive`` first, so ITM hard negatives can reuse its projections), and ``options`` the stanza minus ``weight``. Unknown options are errors
-that name them (the builder's keyword arguments are the known set).
+injected shared weights such as the token embedding), ``built`` the heads built before it, and
+``options`` the stanza minus ``weight``. A builder that takes parts of another head declares
+it (``uses``): that head, when enabled, is built first (ITM's hard negatives reuse the
+contrastive projections). Unknown options are errors that name them (the builder's keyword
+arguments are the known set).
 """
 
 from __future__ import annotations
@@ -23,18 +25,50 @@ HeadBuilder = Callable[..., nn.Module]
 
 #: name -> builder, filled by :func:`register_objective` at import time.
 OBJECTIVES: dict[str, HeadBuilder] = {}
+#: name -> the heads whose parts its builder takes when they are enabled.
+USES: dict[str, tuple[str, ...]] = {}
 
 
-def register_objective(name: str) -> Callable[[HeadBuilder], HeadBuilder]:
-    """Decorator registering ``builder`` under ``name`` (a duplicate name is an error)."""
+def register_objective(
+    name: str, uses: tuple[str, ...] = ()
+) -> Callable[[HeadBuilder], HeadBuilder]:
+    """Decorator registering ``builder`` under ``name`` (a duplicate name is an error);
+    ``uses`` names heads to build before it when they are enabled."""
 
     def wrap(builder: HeadBuilder) -> HeadBuilder:
         if name in OBJECTIVES and OBJECTIVES[name] is not builder:
             raise ValueError(f"objective {name!r} is already registered")
         OBJECTIVES[name] = builder
+        USES[name] = tuple(uses)
         return builder
 
     return wrap
+
+
+def build_order(names: list[str]) -> list[str]:
+    """``names`` ordered so that every head comes after the enabled heads it uses.
+
+    Raises:
+        ValueError: the heads use each other in a cycle.
+    """
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name in visiting:
+            raise ValueError(f"objectives use each other in a cycle through {name!r}")
+        visiting.add(name)
+        for dep in USES.get(name, ()):
+            if dep in names:
+                visit(dep)
+        visiting.discard(name)
+        order.append(name)
+
+    for name in names:
+        visit(name)
+    return order
 
 
 def builder_options(builder: HeadBuilder) -> set[str]:

@@ -18,7 +18,7 @@ from transformers import initialization as init
 from onetower.configuration import OneTowerConfig
 from onetower.layers import BlockStack
 from onetower.outputs import IMAGE_SEGMENT, TEXT_SEGMENT, EncoderOutput, image_stream_name
-from onetower.sequence import Streams, keep_text
+from onetower.sequence import ATTENTION_PATTERNS, Streams, keep_text
 from onetower.unimodal import ImageEmbedder, TextEmbedder, UnimodalTower
 
 
@@ -137,6 +137,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool = False,
         fuse: bool = True,
+        attention: str = "bidirectional",
     ) -> EncoderOutput:
         """Encode text, image or both.
 
@@ -163,12 +164,23 @@ class OneTowerModel(OneTowerPreTrainedModel):
                 after the towers: ``last_hidden_state`` is then the concatenated tower states
                 and ``pooler_output`` the first CLS tower state, with no pooler applied
                 (FLAVA's unimodal views).
+            attention: ``"bidirectional"`` (every token sees every real token) or
+                ``"seq2seq"`` (captioning / PrefixLM: image tokens see the image, each text
+                token sees the image and the text up to itself); for models without a text
+                tower (the tower would see the whole caption).
 
         Returns:
             :class:`~onetower.outputs.EncoderOutput`.
         """
         if input_ids is None and pixel_values is None:
             raise ValueError("give input_ids, pixel_values or both")
+        if attention not in ATTENTION_PATTERNS:
+            raise ValueError(f"attention must be one of {ATTENTION_PATTERNS}, got {attention!r}")
+        if attention == "seq2seq" and self.text_tower is not None and input_ids is not None:
+            raise ValueError(
+                "attention='seq2seq' needs a model without a text tower: the tower would let "
+                "each text token see the tokens after it"
+            )
         num_images = 1
         if pixel_values is not None and pixel_values.dim() == 5:  # (B, I, C, H, W)
             num_images = self._check_images(pixel_values, image_segment, fuse, image_keep_ids,
@@ -220,7 +232,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
                     f"fuse=False needs a unimodal tower for {missing}; the model has none"
                 )
             streams.parts = [unimodal[m] for m in ("text", "image") if m in unimodal]
-        out = self._encode(streams, fuse, output_hidden_states)
+        out = self._encode(streams, fuse, output_hidden_states, attention)
         out.image_keep_ids, out.text_keep_ids, out.image_grid = image_keep_ids, text_keep_ids, grid
         out.unimodal_states = unimodal
         return out
@@ -328,12 +340,14 @@ class OneTowerModel(OneTowerPreTrainedModel):
         if prefix:
             s.cls_positions[name] = start
 
-    def _encode(self, s: Streams, fuse: bool, output_hidden_states: bool) -> EncoderOutput:
+    def _encode(
+        self, s: Streams, fuse: bool, output_hidden_states: bool, attention: str = "bidirectional"
+    ) -> EncoderOutput:
         """Concatenate the streams, run the fusion encoder (if ``fuse``) and pool."""
         key_mask = s.key_mask()  # (B, L) or None
         x = s.tokens()  # (B, L, D)
         split = s.slices["text"].stop if "text" in s.slices else 0
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
+        attn_mask = s.attention_mask(key_mask, attention)  # (B | 1, 1, 1 | L, L) or None
         hidden = None
         if fuse:
             x, hidden = self.encoder(x, attn_mask, split, return_all=output_hidden_states)

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import torch
 
+#: ``bidirectional``: every token attends every real token. ``seq2seq`` (captioning, PrefixLM
+#: over ``[image ; text]``): image tokens attend the image, text token i the image and text
+#: tokens <= i.
+ATTENTION_PATTERNS = ("bidirectional", "seq2seq")
+
 
 class Streams:
     """The streams of one pass, in sequence order."""
@@ -53,6 +58,25 @@ class Streams:
             ],
             dim=1,
         )
+
+    def attention_mask(
+        self, key_mask: torch.Tensor | None, pattern: str = "bidirectional"
+    ) -> torch.Tensor | None:
+        """The fusion encoder's bool mask (True = may attend): `(B, 1, 1, L)` key padding for
+        ``bidirectional`` (None without padding: SDPA's mask-free path), `(B | 1, 1, L, L)`
+        for ``seq2seq``."""
+        keys = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
+        if pattern == "bidirectional" or "text" not in self.slices:
+            return keys
+        L = sum(p.shape[1] for p in self.parts)
+        device = self.parts[0].device
+        text = torch.zeros(L, dtype=torch.bool, device=device)
+        text[self.slices["text"]] = True
+        # image queries see image keys; text queries see image keys and earlier text keys
+        causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+        allowed = torch.where(text[:, None], ~text[None, :] | causal, ~text[None, :])  # (L, L)
+        allowed = allowed[None, None]  # (1, 1, L, L)
+        return allowed if keys is None else allowed & keys
 
     def segment_ids(self, batch_size: int) -> torch.Tensor:
         """Long `(B, L)`: a (1, L) row expanded to B (not copied), unless segments are per row."""

@@ -316,3 +316,23 @@ def test_other_grid_sizes_by_resampling_positions() -> None:
     m.image.resize_position_embeddings(48)
     assert m.image.pos_embed.shape == (1, 1 + 36, 64) and m.image.grid == (6, 6)
     assert m(pixel_values=torch.randn(1, 3, 48, 48)).image_grid == (6, 6)
+
+
+def test_seq2seq_attention_pattern():
+    """``attention="seq2seq"``: a text token's state depends on the image and the text up to
+    it, never on later text; image states never depend on the text."""
+    torch.manual_seed(0)
+    model = OneTowerModel(OneTowerConfig.from_size("tiny", num_hidden_layers=2)).eval()
+    ids = torch.randint(5, 100, (2, 8))
+    pixels = torch.randn(2, 3, 32, 32)
+    out = model(input_ids=ids, pixel_values=pixels, attention="seq2seq")
+    later = ids.clone()
+    later[:, 5:] = torch.randint(5, 100, (2, 3))
+    changed = model(input_ids=later, pixel_values=pixels, attention="seq2seq")
+    torch.testing.assert_close(out.tokens("text")[:, :5], changed.tokens("text")[:, :5])
+    assert not torch.allclose(out.tokens("text")[:, 5:], changed.tokens("text")[:, 5:])
+    torch.testing.assert_close(out.tokens("image"), changed.tokens("image"))
+    bidirectional = model(input_ids=later, pixel_values=pixels)
+    assert not torch.allclose(bidirectional.tokens("image"), out.tokens("image"))
+    with pytest.raises(ValueError, match="attention must be one of"):
+        model(input_ids=ids, attention="causal")

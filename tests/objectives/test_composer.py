@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from onetower.data import keys
-from onetower.objectives import OBJECTIVES, ObjectiveComposer, StepViews
+from onetower.objectives import OBJECTIVES, ObjectiveComposer, StepViews, ViewConflict
 
 FULL = {
     "mlm": {"weight": 1.0},
@@ -65,7 +65,7 @@ def test_unpaired_batches_run_only_unimodal_heads(model_factory, batch_factory):
 def test_mask_token_masking_reaches_the_encoder(model_factory, batch_factory):
     model = model_factory(use_mask_token=True)
     comp = ObjectiveComposer.from_config(model, {"mim": {"weight": 1.0, "decoder_depth": 0}})
-    assert comp.view_options.mim_masking == "mask_token"
+    assert comp.plan["masked_pair"].image_mode == "mask_token"
     comp(batch_factory()).loss.backward()
     assert model.image.mask_token.grad is not None and model.image.mask_token.grad.abs().sum() > 0
 
@@ -129,9 +129,11 @@ def test_flava_pairs_reuse_the_clean_tower_pass(model_factory, batch_factory, sw
         model = model_factory(text_tower_layers=1, image_tower_layers=1)
         comp = ObjectiveComposer.from_config(model, objectives, seed=0)
         tower_calls = _count_calls(model.text_tower)
-        views = StepViews(model, batch, comp.view_options, torch.Generator().manual_seed(0),
-                          planned)  # fmt: skip
-        losses = {n: h({v: views[v] for v in h.views}, batch).loss for n, h in comp.heads.items()}
+        views = StepViews(model, batch, comp.plan, torch.Generator().manual_seed(0), planned)
+        losses = {
+            n: h({v.kind: views[v.kind] for v in h.views}, batch).loss
+            for n, h in comp.heads.items()
+        }
         sum(losses.values()).backward()
         grads = {n: p.grad.clone() for n, p in comp.named_parameters() if p.grad is not None}
         results.append((losses, grads, tower_calls[0]))
@@ -159,7 +161,7 @@ def test_itm_on_the_masked_pass_like_flava(model_factory, batch_factory):
     comp = ObjectiveComposer.from_config(model, FLAVA_MASKED_ITM, seed=0)
     fusion_calls = _count_calls(model.encoder)
     batch = batch_factory(batch_size=6, mim_count=8)
-    views = StepViews(model, batch, comp.view_options, torch.Generator().manual_seed(0))
+    views = StepViews(model, batch, comp.plan, torch.Generator().manual_seed(0))
     pair = views["pair"]
     assert views.computed == ["masked_pair", "pair"] and fusion_calls[0] == 1
     labels, neg = pair.itm_labels, pair.negatives
@@ -177,7 +179,7 @@ def test_itm_on_the_masked_pass_like_flava(model_factory, batch_factory):
         )
         torch.testing.assert_close(out.pooler_output[0], pair.encoder.pooler_output[t])
     # the masked-modeling losses ignore the negative rows' labels and use the positives'
-    scored = views.loss_batch()
+    scored = views.loss_batch
     negative = labels == 0
     assert (scored[keys.MLM_LABELS][negative] == -100).all()
     assert not scored[keys.MIM_MASK][negative].any()
@@ -204,3 +206,35 @@ def test_itm_masked_pass_bad_combinations(model_factory):
         ObjectiveComposer.from_config(
             model, {"itm": {**itm, "neg_ratio": 0.5}, "mim": {"weight": 1.0, "masking": "drop"}}
         )
+
+
+def test_conflicting_views_fail_at_build_naming_both_heads(model_factory):
+    """MLM replaces masked tokens in the encoder input, M3AE drops them: one masked pass cannot
+    do both, and the error says which heads asked and for what."""
+    model = model_factory()
+    with pytest.raises(ViewConflict, match=r"'mlm'.*'m3ae'.*masked_pair.*text_mode"):
+        ObjectiveComposer.from_config(model, {"mlm": {"weight": 1.0}, "m3ae": {"weight": 1.0}})
+    # compatible specs share one pass: MLM's text masking and MIM's image masking merge
+    comp = ObjectiveComposer.from_config(
+        model, {"mlm": {"weight": 1.0, "probability": 0.3}, "mim": {"weight": 1.0}}
+    )
+    merged = comp.plan["masked_pair"]
+    assert merged.text_mode == "replace" and merged.text_masking.probability == 0.3
+    assert merged.image_mode == "drop" and merged.image_masking.mask_ratio == 0.75
+
+
+def test_masking_ratios_live_in_the_head_stanza(model_factory):
+    model = model_factory(use_mask_token=True)
+    comp = ObjectiveComposer.from_config(
+        model,
+        {
+            "mlm": {"weight": 1.0, "probability": 0.4, "whole_word": True},
+            "mim": {"weight": 1.0, "mask_ratio": 0.5, "block": True, "decoder_depth": 0},
+        },
+    )
+    spec = comp.plan["masked_pair"]
+    assert spec.text_masking.whole_word and spec.text_masking.probability == 0.4
+    assert spec.image_masking.block and spec.image_masking.mask_ratio == 0.5
+    assert spec.image_masking.grid == model.image.grid
+    with pytest.raises(ValueError, match="mask_ratio"):
+        ObjectiveComposer.from_config(model, {"mim": {"weight": 1.0, "mask_ratio": 1.5}})

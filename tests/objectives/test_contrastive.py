@@ -13,8 +13,9 @@ from onetower.objectives import (
     LOGIT_SCALE_INIT,
     LOGIT_SCALE_MAX,
     TEXT,
+    ImageView,
     StepViews,
-    ViewOptions,
+    TextView,
     build_objective,
     contrastive_loss,
 )
@@ -51,14 +52,15 @@ def test_temperature_init_and_clamp(model_factory):
     with torch.no_grad():
         head.logit_scale.fill_(-1.0)
     assert head.scale().item() == 0.0
-    head.clamp_logit_scale_()
+    head.after_optimizer_step()
     assert head.logit_scale.item() == 0.0
 
 
 def test_head_on_views_and_patch_dropout(model_factory, batch_factory):
     model, batch = model_factory(), batch_factory()
     head = build_objective("contrastive", model, {"patch_dropout": 0.5}, {})
-    opts = ViewOptions(patch_dropout=head.patch_dropout)
+    opts = {TEXT: TextView(), IMAGE: ImageView(patch_dropout=0.5)}
+    assert head.views == tuple(opts.values())
     views = StepViews(model.train(), batch, opts, torch.Generator().manual_seed(0))
     res = head({TEXT: views[TEXT], IMAGE: views[IMAGE]}, batch)
     assert views[IMAGE].image_keep_ids.shape == (4, 8)  # half of 16 patches kept
@@ -76,7 +78,7 @@ def test_head_on_views_and_patch_dropout(model_factory, batch_factory):
 def test_tower_models_use_unfused_tower_states(model_factory, batch_factory):
     model = model_factory(text_tower_layers=1, image_tower_layers=1)
     batch = batch_factory()
-    views = StepViews(model, batch, ViewOptions(), torch.Generator())
+    views = StepViews(model, batch, {TEXT: TextView()}, torch.Generator())
     ref = model(input_ids=batch[keys.INPUT_IDS], attention_mask=batch[keys.ATTENTION_MASK])
     torch.testing.assert_close(views[TEXT].cls("text"), ref.unimodal_states["text"][:, 0])
 

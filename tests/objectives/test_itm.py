@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from onetower.data import keys
-from onetower.objectives import PAIR, StepViews, ViewOptions, build_objective
+from onetower.objectives import PAIR, ObjectiveComposer, StepViews, build_objective
 from onetower.objectives.itm_negatives import hard_negatives, random_negatives
 
 
@@ -47,8 +47,7 @@ def test_random_negatives_ratio_and_no_positive():
 def test_itm_loss_matches_loop(model_factory, batch_factory):
     model, batch = model_factory(), batch_factory()
     head = build_objective("itm", model, {"negatives": "random", "neg_ratio": 0.5}, {})
-    opts = ViewOptions(negatives=head.negatives)
-    views = StepViews(model, batch, opts, torch.Generator().manual_seed(0))
+    views = StepViews(model, batch, {PAIR: head.views[0]}, torch.Generator().manual_seed(0))
     pair = views[PAIR]
     res = head({PAIR: pair}, batch)
     assert pair.itm_labels.tolist() == [1, 1, 1, 1, 0, 0]
@@ -71,7 +70,14 @@ def test_itm_hard_uses_contrastive_similarity(model_factory):
     model = model_factory()
     contrastive = build_objective("contrastive", model, {}, {})
     itm = build_objective("itm", model, {"negatives": "hard"}, {"contrastive": contrastive})
-    assert itm.similarity == contrastive.similarity and itm.sampler_views == ("text", "image")
+    sampler = itm.views[0].negatives
+    assert sampler.similarity == contrastive.similarity
+    assert [v.kind for v in sampler.views] == ["text", "image"]
+    # built through the composer, ITM's declared use of the contrastive head orders the build
+    comp = ObjectiveComposer.from_config(
+        model, {"itm": {"weight": 1.0, "negatives": "hard"}, "contrastive": {"weight": 1.0}}
+    )
+    assert comp.heads["itm"].views[0].negatives.similarity == comp.heads["contrastive"].similarity
 
 
 def test_itm_swap_replaces_positives_in_place_like_vilt(model_factory, batch_factory):
@@ -79,8 +85,8 @@ def test_itm_swap_replaces_positives_in_place_like_vilt(model_factory, batch_fac
     head = build_objective(
         "itm", model, {"negatives": "random", "neg_ratio": 0.5, "swap": True}, {}
     )
-    views = StepViews(model, batch, ViewOptions(negatives=head.negatives, swap_negatives=True),
-                      torch.Generator().manual_seed(0))  # fmt: skip
+    assert head.views[0].layout == "swap"
+    views = StepViews(model, batch, {PAIR: head.views[0]}, torch.Generator().manual_seed(0))
     pair = views[PAIR]
     neg = pair.negatives
     B = batch[keys.INPUT_IDS].shape[0]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from onetower.data import keys
-from onetower.objectives import MASKED_PAIR, StepViews, ViewOptions, build_objective
+from onetower.objectives import MASKED_PAIR, StepViews, build_objective
 from onetower.unimodal import patchify, sincos_1d, sincos_2d
 
 
@@ -14,9 +14,7 @@ def test_m3ae_loss_matches_loop(model_factory, batch_factory):
     model = model_factory(text_position="sincos", image_position="sincos")
     head = build_objective("m3ae", model, {"decoder_depth": 1}, {})
     batch = batch_factory(batch_size=3, mlm_prob=0.5)
-    out = StepViews(model, batch, ViewOptions(mim_masking="drop", drop_text=True), None)[
-        MASKED_PAIR
-    ]
+    out = StepViews(model, batch, {MASKED_PAIR: head.views[0]}, None)[MASKED_PAIR]
     assert out.tokens("text").shape[1] == batch[keys.TEXT_KEEP_IDS].shape[1]  # dropped text
     res = head({MASKED_PAIR: out}, batch)
 
