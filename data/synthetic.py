@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onetower.data.tokenizer import train_wordpiece_tokenizer
-from onetower.data.world import WORLD_VERSION, caption, render, sample_scene
+from onetower.data.world import SHAPES, WORLD_VERSION, caption, render, sample_scene
 from onetower.data.world_tasks import NLVR2Example, nlvr2_example, questions
 
 VQA_SUBTYPES = {"train": "train2014", "validation": "val2014"}
@@ -209,6 +210,41 @@ def ensure_synthetic_world(
         if not marker.exists():
             raise
     return SyntheticWorld(root, spec)
+
+
+def synthetic_world_under(parent: str | Path, **fields) -> SyntheticWorld:
+    """:func:`ensure_synthetic_world` in a folder of ``parent`` named by the spec (version
+    included), so recipes with other image sizes or lengths keep worlds side by side."""
+    spec = dataclasses.replace(WorldSpec(), **fields)
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode())
+    name = f"v{spec.version}_{spec.image_size}px_{digest.hexdigest()[:10]}"
+    return ensure_synthetic_world(Path(parent) / name, spec)
+
+
+#: What a model card says of a model trained on the synthetic world (the run record's
+#: ``data`` section; the card itself knows no world).
+CARD_DATA = {
+    "description": (
+        "The built-in onetower synthetic world: coloured shapes on plain backgrounds with "
+        "template captions, generated from a seed."
+    ),
+    "limitations": (
+        "Trained on **synthetic data** only: it knows simple shapes, colours and positions, "
+        "not natural images. Do not use it for real-world predictions."
+    ),
+    "tags": ["synthetic-data"],
+}
+
+
+def shape_labels(captions: list[str]) -> dict[int, str]:
+    """Row -> shape for the captions that name exactly one kind of shape: the built-in
+    zero-shot classification set (classes are the shapes)."""
+    out = {}
+    for i, text in enumerate(captions):
+        named = {w.rstrip("s") for w in text.split()} & set(SHAPES)
+        if len(named) == 1:
+            out[i] = named.pop()
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,8 @@ texts and image-text pairs.
 import sys
 from pathlib import Path
 
-from onetower.training import PretrainConfig, load_config, pretrain
+from onetower.pretraining import PretrainConfig, pretrain
+from onetower.training import load_config
 from onetower.training.cli import run_recipe
 
 CONFIG = Path(__file__).parent / "configs" / "beit3_like.yaml"

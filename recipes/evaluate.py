@@ -9,10 +9,10 @@ zero-shot classification from prompt templates.
 
 import sys
 
+from onetower.evaluation.schema import EvaluateConfig
+from onetower.evaluation.zero_shot import evaluate_run
 from onetower.training.cli import run_recipe
 from onetower.training.config import load_config
-from onetower.training.retrieval import evaluate_run
-from onetower.training.schema import EvaluateConfig
 
 if __name__ == "__main__":
     run_recipe(lambda argv: evaluate_run(load_config(EvaluateConfig, argv)), sys.argv[1:])

@@ -13,10 +13,9 @@ By default it fine-tunes on the synthetic world's NLVR2 files. Writes ``final/``
 import sys
 from pathlib import Path
 
+from onetower.finetuning import FinetuneConfig, finetune
 from onetower.training.cli import run_recipe
 from onetower.training.config import load_config
-from onetower.training.finetune import finetune
-from onetower.training.schema import FinetuneConfig
 
 CONFIG = Path(__file__).parent / "configs" / "finetune_nlvr2.yaml"
 

@@ -11,7 +11,8 @@ unimodal MLM on text-only and MIM on image-only batches. The default config pret
 import sys
 from pathlib import Path
 
-from onetower.training import PretrainConfig, load_config, pretrain
+from onetower.pretraining import PretrainConfig, pretrain
+from onetower.training import load_config
 from onetower.training.cli import run_recipe
 
 CONFIG = Path(__file__).parent / "configs" / "flava_like.yaml"

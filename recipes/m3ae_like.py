@@ -10,7 +10,8 @@ raw pixels (image weight 1.0) and the tokens (text weight 0.5, M3AE's README rec
 import sys
 from pathlib import Path
 
-from onetower.training import PretrainConfig, load_config, pretrain
+from onetower.pretraining import PretrainConfig, pretrain
+from onetower.training import load_config
 from onetower.training.cli import run_recipe
 
 CONFIG = Path(__file__).parent / "configs" / "m3ae_like.yaml"

@@ -7,7 +7,8 @@ masked language modeling (text conditioned on the image) and image-text matching
 import sys
 from pathlib import Path
 
-from onetower.training import PretrainConfig, load_config, pretrain
+from onetower.pretraining import PretrainConfig, pretrain
+from onetower.training import load_config
 from onetower.training.cli import run_recipe
 
 CONFIG = Path(__file__).parent / "configs" / "vilt_like.yaml"

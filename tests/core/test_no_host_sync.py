@@ -18,8 +18,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from onetower.data import keys, train_wordpiece_tokenizer
 from onetower.data.batch_masking import step_generator
-from onetower.training import PretrainConfig, load_config
-from onetower.training.build import build_composer, build_masker, build_model
+from onetower.pretraining import PretrainConfig
+from onetower.training import load_config
+from onetower.pretraining.build import build_composer, build_masker, build_model
 
 DEBUG = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "debug"
 SYNCS = {"aten::item", "aten::_local_scalar_dense", "aten::is_nonzero"}
@@ -52,7 +53,7 @@ def _composer_and_batch(recipe: str):
     tok = train_wordpiece_tokenizer(["a red circle left of a blue square"], vocab_size=512)
     model = build_model(cfg, tok)
     composer = build_composer(cfg, model).train()
-    masker = build_masker(cfg, tok, model, dict(composer.heads))
+    masker = build_masker(tok, composer)
     g = torch.Generator().manual_seed(0)
     B, T, S = 8, cfg.data.max_text_len, cfg.data.image_size
     ids = torch.randint(5, len(tok), (B, T), generator=g)

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from onetower.training import checkpoint as ckpt_mod
-from onetower.training import list_checkpoints, pretrain, resolve_resume
+from onetower.pretraining import pretrain
+from onetower.training import list_checkpoints, resolve_resume
 
-from .conftest import debug_config
+from ..conftest import debug_config
 
 # MIM only at a fixed ratio: every micro-batch has the same number of targets, so the mean of
 # the two micro-batch losses is exactly the loss of the whole batch.
@@ -47,7 +48,7 @@ def test_a_save_killed_midway_leaves_the_last_checkpoint(
             raise KeyboardInterrupt
         return real_save(accelerator, output_dir, step, keep)
 
-    monkeypatch.setattr("onetower.training.steps.save_checkpoint", dies_while_saving)
+    monkeypatch.setattr("onetower.training.engine.save_checkpoint", dies_while_saving)
     with pytest.raises(KeyboardInterrupt):
         pretrain(debug_config("vilt_like", tmp_path, *cfg[:2], "train.save_every=6", "run.resume=latest",
                               world=worlds(16)))  # fmt: skip

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from onetower.training import ConfigError, PretrainConfig, load_config, pretrain
-from onetower.training.schema import FinetuneConfig
+from onetower.pretraining import PretrainConfig, pretrain
+from onetower.training import ConfigError, load_config
+from onetower.finetuning import FinetuneConfig
 
-from .conftest import CONFIGS, debug_config
+from ..conftest import CONFIGS, debug_config
 
 
 def test_every_config_loads_and_names_its_recipe() -> None:

@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onetower.training import list_checkpoints, pretrain
+from onetower.pretraining import pretrain
+from onetower.training import list_checkpoints
 
-from .conftest import debug_config
+from ..conftest import debug_config
 
 # mixed sources (text-only batches too), ITM negatives and MLM masks all in play
 COMMON = ("train.max_steps=8", "train.save_every=3", "train.keep_last=2", "train.log_every=1",

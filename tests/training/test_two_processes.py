@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onetower.training import pretrain
+from onetower.pretraining import pretrain
 
-from .conftest import CONFIGS, RECIPES, debug_config
+from ..conftest import CONFIGS, RECIPES, debug_config
 
 # MIM with visible-only encoding at a fixed ratio: every sample has the same number of masked
 # patches, so the mean of the two ranks' losses IS the global-batch loss, and DDP's gradient

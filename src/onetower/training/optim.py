@@ -37,23 +37,6 @@ def param_groups(
     return out
 
 
-def build_optimizer(
-    model: nn.Module,
-    lr: float,
-    weight_decay: float,
-    betas: tuple[float, float] = (0.9, 0.98),
-    eps: float = 1e-8,
-    fused: bool | None = None,
-    head_prefixes: tuple[str, ...] = (),
-    head_lr_mult: float = 1.0,
-) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; ``fused=None`` uses the fused kernel on CUDA only."""
-    if fused is None:
-        fused = all(p.is_cuda for p in model.parameters())
-    groups = param_groups(model, weight_decay, lr, head_prefixes, head_lr_mult)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
-
-
 def build_scheduler(
     optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.0
 ) -> torch.optim.lr_scheduler.LambdaLR:

@@ -1,13 +1,11 @@
-"""PNG outputs a person wants to look at: loss curves and MIM reconstructions."""
+"""The loss curves every run plots (PNG)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
-
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -25,7 +23,7 @@ def plot_losses(history: dict[str, list[tuple[int, float]]], path: str | Path, t
         path: where to write the PNG.
         title: figure title (the recipe name).
     """
-    plt = _pyplot()
+    plt = pyplot()
     names = [n for n, pts in history.items() if pts and n.endswith("loss") and "/" not in n]
     cols = min(3, max(1, len(names)))
     rows = max(1, -(-len(names) // cols))
@@ -43,41 +41,6 @@ def plot_losses(history: dict[str, list[tuple[int, float]]], path: str | Path, t
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_reconstructions(
-    images: torch.Tensor,
-    masked: torch.Tensor,
-    recon: torch.Tensor,
-    path: str | Path,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-) -> Path:
-    """Rows of (original, masked input, reconstruction) images.
-
-    Args:
-        images, masked, recon: normalised pixels `(B, C, H, W)`.
-        path: where to write the PNG.
-        mean, std: the normalisation to undo for display.
-    """
-    plt = _pyplot()
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
-    cols = [(x.detach().float().cpu() * s + m).clamp(0, 1) for x in (images, masked, recon)]
-    B = images.shape[0]
-    fig, axes = plt.subplots(B, 3, figsize=(6, 2 * B), squeeze=False)
-    for b in range(B):
-        for c, (name, x) in enumerate(
-            zip(("image", "masked", "reconstruction"), cols, strict=True)
-        ):
-            axes[b, c].imshow(x[b].permute(1, 2, 0).numpy())  # (C, H, W) -> (H, W, C)
-            axes[b, c].axis("off")
-            if b == 0:
-                axes[b, c].set_title(name, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -19,11 +19,11 @@ from onetower import (
 from onetower.inference import answer_question, classify_statement, load_task_model
 from onetower.inference import main as inference_main
 from onetower.training import ConfigError, load_config
-from onetower.training.finetune import finetune
-from onetower.training.schema import FinetuneConfig
-from onetower.training.vqa_eval import read_results
+from onetower.finetuning import finetune
+from onetower.finetuning import FinetuneConfig
+from onetower.finetuning.vqa_metric import read_results
 
-from .conftest import CONFIGS
+from ..conftest import CONFIGS
 
 
 def task_config(task: str, tmp_path: Path, world: Path, *overrides: str):
@@ -38,7 +38,7 @@ def task_world(tmp_path_factory) -> Path:
 
 
 def world_dir(root: Path, kind: str) -> Path:
-    (folder,) = root.glob("v*_seed0_*")
+    (folder,) = root.glob("v*_*px_*")
     return folder / kind
 
 
@@ -51,7 +51,7 @@ def test_vqa_recipe_learns_and_writes_official_results(vqa_run, task_world) -> N
     losses = [v for _, v in vqa_run.history["loss"]]
     assert len(losses) == 3 and losses[-1] < losses[0]
     out = vqa_run.output_dir
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert 0 <= metrics["val2014/vqa_acc"] <= 100
     assert {"val2014/vqa_acc_yes_no", "val2014/vqa_acc_number"} <= set(metrics)
     # official results format: one answer per val question, from the model's vocabulary
@@ -140,7 +140,7 @@ def test_nlvr2_recipe_pair_method(tmp_path, task_world) -> None:
     losses = [v for _, v in result.history["loss"]]
     assert len(losses) == 3 and all(v == v for v in losses)
     out = result.output_dir
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert 0 <= metrics["dev/nlvr2_acc"] <= 100
     lines = (out / "predictions_dev.csv").read_text().splitlines()
     dev = (world_dir(task_world, "nlvr2") / "dev.json").read_text().splitlines()

@@ -13,7 +13,7 @@ import re
 import pytest
 
 from onetower.data.vqa import vqa_score
-from onetower.training.vqa_eval import (
+from onetower.finetuning.vqa_metric import (
     VQAResult,
     answer_accuracy,
     evaluate_vqa,

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from onetower.data import PairCollator, build_dataset, build_image_transform, load_pairs
-from onetower.training import load_config, pretrain
-from onetower.training.retrieval import (
+from onetower.pretraining import pretrain
+from onetower.training import load_config
+from onetower.evaluation.zero_shot import (
     HEADS_FILE,
     embed_pairs,
     evaluate_run,
@@ -18,9 +19,9 @@ from onetower.training.retrieval import (
     load_pretrained_run,
     recall_at_k,
 )
-from onetower.training.schema import EvaluateConfig
+from onetower.evaluation.schema import EvaluateConfig
 
-from .conftest import debug_config
+from ..conftest import debug_config
 
 
 def reference_recall(scores: torch.Tensor, captions: list[str], k: int) -> float:

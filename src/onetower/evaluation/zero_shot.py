@@ -7,7 +7,8 @@
   class of its nearest class embedding.
 
 A pretraining run saves its heads (``objectives.safetensors``) next to the encoder in
-``final/``, so these work from the run folder alone.
+``final/``, so these work from the run folder alone. ``recipes/evaluate.py`` runs
+:func:`evaluate_run`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
 
 from onetower.data import (
-    SHAPES,
     PairCollator,
     build_dataset,
     build_image_transform,
@@ -32,32 +31,16 @@ from onetower.data import (
     load_pairs,
     load_tokenizer,
 )
+from onetower.data.synthetic import shape_labels
+from onetower.evaluation.metrics import recall_at_k
 from onetower.modeling import OneTowerModel
-from onetower.objectives import ObjectiveComposer, StepViews, ViewOptions
+from onetower.objectives import ContrastiveHead, ITMHead, ObjectiveComposer
 from onetower.objectives.contrastive import image_features, text_features
-from onetower.training.build import build_composer
+from onetower.pretraining.build import build_composer
+from onetower.pretraining.data import resolve_sources
+from onetower.pretraining.evaluate import head_of
+from onetower.pretraining.heads_io import HEADS_FILE, load_heads
 from onetower.training.config import ConfigError
-
-HEADS_FILE = "objectives.safetensors"
-
-
-def tied_head_keys(composer: ObjectiveComposer) -> set[str]:
-    """Head state keys whose tensor is an encoder parameter (the MLM decoder tied to the token
-    embedding): they belong to the encoder's file, not the heads'."""
-    encoder = {p.data_ptr() for p in composer.model.parameters()}
-    return {k for k, v in composer.heads.state_dict().items() if v.data_ptr() in encoder}
-
-
-def save_heads(composer: ObjectiveComposer, folder: Path) -> Path:
-    """Write the heads' own weights (not the tensors tied to the encoder)."""
-    tied = tied_head_keys(composer)
-    state = {
-        k: v.detach().cpu().contiguous()
-        for k, v in composer.heads.state_dict().items()
-        if k not in tied
-    }
-    save_file(state, str(folder / HEADS_FILE))
-    return folder / HEADS_FILE
 
 
 def load_pretrained_run(run_dir: str | Path) -> tuple[DictConfig, ObjectiveComposer, Any]:
@@ -73,35 +56,32 @@ def load_pretrained_run(run_dir: str | Path) -> tuple[DictConfig, ObjectiveCompo
         if not need.exists():
             raise FileNotFoundError(f"{run} is not a finished pretraining run: {need} is missing")
     cfg = OmegaConf.load(run / "config.yaml")
-    model = OneTowerModel.from_pretrained(str(final))
-    composer = build_composer(cfg, model)
-    state = load_file(str(final / HEADS_FILE))
-    missing, unexpected = composer.heads.load_state_dict(state, strict=False)
-    tied = tied_head_keys(composer)
-    if unexpected or set(missing) - tied:
-        raise ValueError(
-            f"{final / HEADS_FILE} does not fit the heads of {run / 'config.yaml'}: "
-            f"missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
+    composer = build_composer(cfg, OneTowerModel.from_pretrained(str(final)))
+    load_heads(composer, final)
     return cfg, composer.eval(), load_tokenizer(str(final))
 
 
-def _need(composer: ObjectiveComposer, head: str, what: str) -> Any:
-    if head not in composer.heads:
+def _need(composer: ObjectiveComposer, cls: type, what: str) -> Any:
+    head = head_of(composer, cls)
+    if head is None:
         raise ConfigError(
-            f"{what} needs the {head!r} head; this run trained {sorted(composer.heads)}"
+            f"{what} needs a {cls.__name__}; this run trained {sorted(composer.heads)}"
         )
-    return composer.heads[head]
+    return head
+
+
+def _view(composer: ObjectiveComposer, batch: dict[str, torch.Tensor], kind: str) -> Any:
+    """One planned view of ``batch`` (eval mode: no patch dropout)."""
+    return composer.views(batch)[kind]
 
 
 @torch.no_grad()
 def embed_pairs(composer: ObjectiveComposer, batches: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised contrastive embeddings ``(image (N, E), text (N, E))`` of paired batches."""
-    head = _need(composer, "contrastive", "retrieval")
+    head = _need(composer, ContrastiveHead, "retrieval")
     images, texts = [], []
     for batch in batches:
-        views = StepViews(composer.model, batch, ViewOptions(), composer.generator)
-        img, txt = head.embed(views["text"], views["image"])
+        img, txt = head.embed(_view(composer, batch, "text"), _view(composer, batch, "image"))
         images.append(img.float())
         texts.append(txt.float())
     return torch.cat(images), torch.cat(texts)
@@ -110,49 +90,16 @@ def embed_pairs(composer: ObjectiveComposer, batches: Any) -> tuple[torch.Tensor
 @torch.no_grad()
 def embed_texts(composer: ObjectiveComposer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """L2-normalised contrastive text embeddings `(B, E)`."""
-    head = _need(composer, "contrastive", "zero-shot classification")
-    views = StepViews(composer.model, batch, ViewOptions(), composer.generator)
-    return F.normalize(head.text_proj(text_features(views["text"])).float(), dim=-1)
+    head = _need(composer, ContrastiveHead, "zero-shot classification")
+    return F.normalize(head.text_proj(text_features(_view(composer, batch, "text"))).float(), dim=-1)
 
 
 @torch.no_grad()
 def embed_images(composer: ObjectiveComposer, pixels: torch.Tensor) -> torch.Tensor:
     """L2-normalised contrastive image embeddings `(B, E)`."""
-    head = _need(composer, "contrastive", "zero-shot classification")
-    views = StepViews(
-        composer.model, {keys.PIXEL_VALUES: pixels}, ViewOptions(), composer.generator
-    )
-    return F.normalize(head.image_proj(image_features(views["image"])).float(), dim=-1)
-
-
-def recall_at_k(
-    i2t: torch.Tensor,
-    t2i: torch.Tensor,
-    captions: list[str],
-    ks: tuple[int, ...] = (1, 5, 10),
-) -> dict[str, float]:
-    """R@K both ways, for N pairs where pair i is image i and caption i.
-
-    Args:
-        i2t: `(N images, N texts)` scores; t2i: `(N texts, N images)` scores (the transpose
-            for a symmetric similarity; differs after re-ranking).
-        captions: the N captions. A hit is a retrieved caption identical to the true one, so
-            duplicate captions (common in synthetic data) are not misses.
-
-    Returns:
-        Percentages ``i2t_r1`` ... ``t2i_r10``.
-    """
-    n = len(captions)
-    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-    cap = torch.tensor([ids[c] for c in captions], device=i2t.device)  # (N,) caption class
-    out = {}
-    for name, scores in (("i2t", i2t), ("t2i", t2i)):
-        order = scores.argsort(dim=1, descending=True)  # (N, N)
-        hit = cap[order] == cap[:, None]  # (N, N) retrieved caption equals the true one
-        first = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(cap, n))
-        for k in ks:
-            out[f"{name}_r{k}"] = 100.0 * float((first < k).float().mean())
-    return out
+    head = _need(composer, ContrastiveHead, "zero-shot classification")
+    image = _view(composer, {keys.PIXEL_VALUES: pixels}, "image")
+    return F.normalize(head.image_proj(image_features(image)).float(), dim=-1)
 
 
 @torch.no_grad()
@@ -162,7 +109,7 @@ def itm_rerank(
     """``(i2t, t2i)`` scores where each query's top ``k`` by the image x text ``sim`` `(N, N)`
     are re-ordered by the ITM head's matched-minus-unmatched logit, above the other
     candidates, which keep their contrastive order."""
-    head = _need(composer, "itm", "ITM re-ranking")
+    head = _need(composer, ITMHead, "ITM re-ranking")
     ids = torch.cat([b[keys.INPUT_IDS] for b in batches])
     mask = torch.cat([b[keys.ATTENTION_MASK] for b in batches])
     pixels = torch.cat([b[keys.PIXEL_VALUES] for b in batches])
@@ -228,8 +175,6 @@ def _held_out(cfg: DictConfig, run_cfg: DictConfig) -> tuple[Any, Path | None]:
     """The held-out pairs source and, for the synthetic world, its folder."""
     from accelerate import PartialState
 
-    from onetower.training.data import resolve_sources
-
     if cfg.pairs is not None:
         if not Path(cfg.pairs).exists():
             raise FileNotFoundError(f"pairs: {cfg.pairs!r} does not exist")
@@ -238,7 +183,9 @@ def _held_out(cfg: DictConfig, run_cfg: DictConfig) -> tuple[Any, Path | None]:
     return load_pairs(paths["val_pairs"], split="validation"), Path(paths["val_pairs"])
 
 
-def _zero_shot_set(cfg: DictConfig, pairs: Any, transform: Any, n: int) -> tuple[Any, list[str]]:
+def _zero_shot_set(
+    cfg: DictConfig, pairs: Any, transform: Any, n: int, pairs_are_users: bool
+) -> tuple[Any, list[str]]:
     """``(dataset of images, labels)`` for zero-shot classification."""
     z = cfg.zero_shot
     if z.images is not None:
@@ -249,15 +196,15 @@ def _zero_shot_set(cfg: DictConfig, pairs: Any, transform: Any, n: int) -> tuple
         ds = build_dataset(src, transform)
         samples = [s for s in (ds[i] for i in range(min(n, len(ds)))) if s is not None]
         return samples, [str(s[z.label_column]) for s in samples]
-    # synthetic: the held-out images whose caption names one kind of shape
-    rows = [i for i, t in enumerate(pairs.dataset[pairs.text_column][:n])
-            if len({w.rstrip("s") for w in t.split()} & set(SHAPES)) == 1]  # fmt: skip
+    if pairs_are_users:
+        raise ConfigError(
+            "zero_shot.images is not set: name a labelled image folder, or zero_shot.images=none"
+        )
+    # the built-in world: the held-out images whose caption names one kind of shape
+    labels = shape_labels(pairs.dataset[pairs.text_column][:n])
     ds = build_dataset(pairs, transform)
-    samples = [ds[i] for i in rows]
-    labels = [
-        next(w for w in pairs.dataset[i][pairs.text_column].split() if w in SHAPES) for i in rows
-    ]
-    return samples, labels
+    rows = [i for i in labels if ds[i] is not None]
+    return [ds[i] for i in rows], [labels[i] for i in rows]
 
 
 def evaluate_run(cfg: DictConfig) -> dict[str, float]:
@@ -282,7 +229,8 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
         i2t, t2i = itm_rerank(composer, sim, batches, cfg.itm_rerank_k)
         metrics |= {f"itm_rerank/{k}": v for k, v in recall_at_k(i2t, t2i, captions).items()}
     if cfg.zero_shot.images != "none":
-        images, labels = _zero_shot_set(cfg, pairs, transform, cfg.max_samples)
+        users = cfg.pairs is not None or run_cfg.data.pairs is not None
+        images, labels = _zero_shot_set(cfg, pairs, transform, cfg.max_samples, users)
         classes = list(cfg.zero_shot.classes or sorted(set(labels)))
         pixels = torch.stack([s["pixel_values"] for s in images])
         metrics |= zero_shot_classify(composer, tokenizer, d.max_text_len, pixels, labels,

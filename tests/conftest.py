@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 CONFIGS = RECIPES / "configs"
 
 
 def debug_config(recipe: str, tmp_path: Path, *overrides: str, world: Path | None = None):
     """The recipe's debug config with its output (and synthetic world) under tmp."""
-    from onetower.training import PretrainConfig, load_config
+    from onetower.pretraining import PretrainConfig
+    from onetower.training import load_config
 
     world = world or tmp_path / "world"
     argv = ["--config", str(CONFIGS / "debug" / f"{recipe}.yaml"),

@@ -1,0 +1,120 @@
+"""What a pretraining run shows a person at its end: MIM reconstructions and a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from onetower.data import keys
+from onetower.data.batch_masking import step_generator
+from onetower.objectives import ObjectiveComposer
+from onetower.pretraining.evaluate import EVAL_SEED
+from onetower.training.plots import pyplot
+from onetower.unimodal import patchify, unpatchify
+
+
+@torch.no_grad()
+def reconstructions(
+    composer: ObjectiveComposer,
+    batch: dict[str, torch.Tensor],
+    mask: Any,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    path: Path,
+) -> Path | None:
+    """A PNG of images, their masked input and the reconstruction (visible patches pasted
+    back, as MAE shows it), from the first head that predicts pixels; None without one."""
+    batch = mask({k: v.to(composer.model.device) for k, v in batch.items()}, step_generator(EVAL_SEED, 0))
+    if keys.MIM_MASK not in batch:
+        return None
+    was = composer.training
+    composer.eval()
+    pred = None
+    for name, head in composer.heads.items():
+        views = composer.views(batch, step_generator(EVAL_SEED + 1, 0), [name])
+        pred = head.predict_pixels({v.kind: views[v.kind] for v in head.views}, views.loss_batch)
+        if pred is not None:
+            grid = views["masked_pair"].image_grid
+            break
+    composer.train(was)
+    if pred is None:
+        return None
+    P = composer.model.config.patch_size
+    images = batch[keys.PIXEL_VALUES].float()
+    target = patchify(images, P)  # (B, N, P*P*C)
+    masked = batch[keys.MIM_MASK].bool()[..., None]  # (B, N, 1)
+    # masked patches shown in magenta, in normalised pixel space
+    fill = ((torch.tensor([1.0, 0.0, 1.0]) - torch.tensor(mean)) / torch.tensor(std)).to(target)
+    fill = fill.repeat(P * P)[None, None]  # (1, 1, P*P*C) in patchify's (p, q, c) order
+    shown = unpatchify(torch.where(masked, fill, target), P, grid)
+    recon = unpatchify(torch.where(masked, pred.float(), target), P, grid)
+    return plot_reconstructions(images, shown, recon, path, mean, std)
+
+
+def plot_reconstructions(
+    images: torch.Tensor,
+    masked: torch.Tensor,
+    recon: torch.Tensor,
+    path: str | Path,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> Path:
+    """Rows of (original, masked input, reconstruction) images.
+
+    Args:
+        images, masked, recon: normalised pixels `(B, C, H, W)`.
+        path: where to write the PNG.
+        mean, std: the normalisation to undo for display.
+    """
+    plt = pyplot()
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    cols = [(x.detach().float().cpu() * s + m).clamp(0, 1) for x in (images, masked, recon)]
+    B = images.shape[0]
+    fig, axes = plt.subplots(B, 3, figsize=(6, 2 * B), squeeze=False)
+    for b in range(B):
+        for c, (name, x) in enumerate(
+            zip(("image", "masked", "reconstruction"), cols, strict=True)
+        ):
+            axes[b, c].imshow(x[b].permute(1, 2, 0).numpy())  # (C, H, W) -> (H, W, C)
+            axes[b, c].axis("off")
+            if b == 0:
+                axes[b, c].set_title(name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def summarise(recipe: str, metrics: dict[str, float], info: Any) -> str:
+    """One paragraph a person reads at the end of a run."""
+    losses = info.history.get("loss", [])
+    parts = [
+        f"{recipe}: {info.steps_this_run} steps in {info.seconds / 60:.1f} min "
+        f"({info.samples_per_s:.0f} samples/s)",
+        f"training loss {losses[0][1]:.3f} -> {losses[-1][1]:.3f}" if len(losses) > 1 else "",
+    ]
+    if "eval/i2t_r1" in metrics:
+        parts.append(
+            f"zero-shot retrieval on held-out pairs: image->text R@1 {metrics['eval/i2t_r1']:.1f}%, "
+            f"text->image R@1 {metrics['eval/t2i_r1']:.1f}% (chance {metrics['eval/retrieval_chance']:.1f}%)"
+        )
+    for key, value in metrics.items():
+        if key.endswith("_mlm_acc_with_image"):
+            group = key[len("eval/") : -len("_mlm_acc_with_image")]
+            blank = metrics.get(f"eval/{group}_mlm_acc_blank_image", float("nan"))
+            parts.append(
+                f"{group} words predicted by MLM {value:.1f}% with the image vs {blank:.1f}% "
+                "with it blanked"
+            )
+    held = [f"{k[5:]} {v:.3f}" for k, v in sorted(metrics.items()) if k.endswith("_loss")]
+    if held:
+        parts.append("held-out losses: " + ", ".join(held))
+    parts.append(
+        f"model saved to {info.final_dir} (`import onetower` then "
+        f"AutoModel.from_pretrained('{info.final_dir}'), or trust_remote_code=True without onetower)"
+    )
+    parts.append("plots: " + ", ".join(str(p) for p in info.files.values()))
+    return "; ".join(p for p in parts if p) + "."
