@@ -1,6 +1,8 @@
-"""Share a trained onetower model: model card, Hub upload.
+"""Share a trained onetower model: model card, trust_remote_code bundle, Hub upload.
 
 - :mod:`onetower.hub.card`: the ``README.md`` from the model folder and its run folder.
+- :mod:`onetower.hub.remote_code`: a copy of the model code in the folder, so it loads with
+  ``trust_remote_code=True`` where onetower is not installed.
 - :mod:`onetower.hub.upload`: :func:`push_to_hub` (check, stage, commit).
 """
 
@@ -12,6 +14,7 @@ from onetower.hub.folder import (
     model_class,
     read_model_config,
 )
+from onetower.hub.remote_code import RemoteCodeError, add_remote_code, has_remote_code
 from onetower.hub.upload import (
     MODEL_FILES,
     HubUploadError,
@@ -28,9 +31,12 @@ __all__ = [
     "HubUploadError",
     "ModelFolderError",
     "PushConfig",
+    "RemoteCodeError",
+    "add_remote_code",
     "auto_class_name",
     "check_model_folder",
     "find_run_dir",
+    "has_remote_code",
     "model_card",
     "model_class",
     "push_from_config",
