@@ -28,7 +28,12 @@ from onetower import (
     OneTowerProcessor,
 )
 from onetower.data import train_wordpiece_tokenizer
-from onetower.hub import RemoteCodeError, add_remote_code, has_remote_code
+from onetower.hub import (
+    RemoteCodeError,
+    add_remote_code,
+    has_remote_code,
+    prepare_model_folder,
+)
 from onetower.hub.remote_code import MARKER, bundle
 
 HELPERS = {
@@ -125,8 +130,12 @@ def test_loads_with_trust_remote_code_without_onetower(tmp_path: Path) -> None:
     models = _models()
     for name, (model, _, _) in models.items():
         model.eval().save_pretrained(tmp_path / name)
-        written = add_remote_code(tmp_path / name)
-        assert set(written) == (TASK_FILES if name != "encoder" else ENCODER_FILES)
+        written = prepare_model_folder(tmp_path / name)
+        assert not (tmp_path / name / "README.md").exists()  # no run_dir, no card
+        assert set(written) == {
+            "config.json",
+            *(TASK_FILES if name != "encoder" else ENCODER_FILES),
+        }
     torch.save({name: inputs for name, (_, _, inputs) in models.items()}, tmp_path / "inputs.pt")
 
     # the VQA folder also holds a tokenizer, as a run's final/ does
@@ -218,7 +227,7 @@ def test_encoder_folder_loads_as_before(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = OneTowerModel(OneTowerConfig.from_size("tiny", num_hidden_layers=1)).eval()
     model.save_pretrained(tmp_path)
-    add_remote_code(tmp_path)
+    prepare_model_folder(tmp_path)
     loaded = AutoModel.from_pretrained(tmp_path).eval()  # onetower imported: no remote code
     assert type(loaded) is OneTowerModel
     ids, px = torch.randint(1, 512, (1, 5)), torch.randn(1, 3, 32, 32)

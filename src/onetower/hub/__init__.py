@@ -1,12 +1,13 @@
 """Share a trained onetower model: model card, trust_remote_code bundle, Hub upload.
 
-- :mod:`onetower.hub.card`: the ``README.md`` from the model folder and its run folder.
+- :mod:`onetower.hub.card`: the ``README.md`` from the model folder and its run record.
 - :mod:`onetower.hub.remote_code`: a copy of the model code in the folder, so it loads with
   ``trust_remote_code=True`` where onetower is not installed.
 - :mod:`onetower.hub.upload`: :func:`push_to_hub` (check, stage, commit).
+- :func:`prepare_model_folder`: the code and the card, written when a run saves its model.
 """
 
-from onetower.hub.card import REAL_LIMITS, SYNTHETIC_NOTES, model_card
+from onetower.hub.card import REAL_LIMITS, model_card, write_model_card
 from onetower.hub.folder import (
     ModelFolderError,
     auto_class_name,
@@ -14,6 +15,7 @@ from onetower.hub.folder import (
     model_class,
     read_model_config,
 )
+from onetower.hub.prepare import prepare_model_folder
 from onetower.hub.remote_code import RemoteCodeError, add_remote_code, has_remote_code
 from onetower.hub.upload import (
     MODEL_FILES,
@@ -27,7 +29,6 @@ from onetower.hub.upload import (
 __all__ = [
     "MODEL_FILES",
     "REAL_LIMITS",
-    "SYNTHETIC_NOTES",
     "HubUploadError",
     "ModelFolderError",
     "PushConfig",
@@ -39,7 +40,9 @@ __all__ = [
     "has_remote_code",
     "model_card",
     "model_class",
+    "prepare_model_folder",
     "push_from_config",
     "push_to_hub",
     "read_model_config",
+    "write_model_card",
 ]

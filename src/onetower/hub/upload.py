@@ -1,7 +1,7 @@
 """Upload a saved onetower model to the Hugging Face Hub.
 
 :func:`push_to_hub` checks the model folder before any network call, stages an upload copy
-(model files, processor, ``README.md``) in a temporary folder so
+(model files, processor, the trust_remote_code bundle, ``README.md``) in a temporary folder so
 the user's folder is never written, then creates the repo and commits the staged files.
 """
 
@@ -28,6 +28,7 @@ from transformers import AutoTokenizer
 
 from onetower.hub.card import model_card
 from onetower.hub.folder import ModelFolderError, find_run_dir, model_class
+from onetower.hub.remote_code import add_remote_code, has_remote_code
 from onetower.modeling import OneTowerPreTrainedModel
 from onetower.processing import TOKENIZER_FILES, OneTowerProcessor, missing_processor_files
 
@@ -41,7 +42,8 @@ __all__ = [
     "push_to_hub",
 ]
 
-#: Files of a model folder that are uploaded (anything else, e.g. optimizer state, is not).
+#: Files of a model folder that are uploaded (anything else, e.g. optimizer state, is not):
+#: weights, config, tokenizer, processor and the trust_remote_code bundle (remote_code.py).
 MODEL_FILES = (
     "config.json",
     "generation_config.json",
@@ -111,8 +113,8 @@ def check_model_folder(folder: str | Path, run_dir: Path | None = None) -> OneTo
 
 
 def _stage(folder: Path, stage: Path, run_dir: Path | None, card: dict[str, Any]) -> list[str]:
-    """Copy the model files into ``stage``, build the processor if the folder has none, write
-    README.md. Returns the staged file names."""
+    """Copy the model files into ``stage``, build the processor and the trust_remote_code
+    bundle if the folder lacks them, write README.md. Returns the staged file names."""
     for path in sorted(folder.iterdir()):
         if path.is_file() and any(fnmatch(path.name, p) for p in MODEL_FILES):
             shutil.copy2(path, stage / path.name)
@@ -130,7 +132,14 @@ def _stage(folder: Path, stage: Path, run_dir: Path | None, card: dict[str, Any]
             mean=data.get("mean", (0.5, 0.5, 0.5)),
             std=data.get("std", (0.5, 0.5, 0.5)),
         ).save_pretrained(stage)
-    (stage / "README.md").write_text(model_card(folder, run_dir=run_dir, **card))
+    if not has_remote_code(stage):
+        # folders saved before the bundle existed: generate it from the installed onetower;
+        # a folder's own bundle is kept, being the code that saved its weights
+        add_remote_code(stage)
+    # the card of the staged copy, so its loading section sees the staged bundle; with no
+    # run folder, the stage itself (no record there), never a guess in the temp dir above it
+    run_dir = stage if run_dir is None else run_dir
+    (stage / "README.md").write_text(model_card(stage, run_dir=run_dir, **card))
     return sorted(p.name for p in stage.iterdir() if p.is_file())
 
 
@@ -157,7 +166,8 @@ def push_to_hub(
     run_dir: str | Path | None = None,
     **card_kwargs: Any,
 ) -> str:
-    """Upload a saved onetower model (weights, config, processor, generated model card).
+    """Upload a saved onetower model (weights, config, processor, the trust_remote_code
+    bundle and a generated model card).
 
     Args:
         folder: the saved model folder (a run's ``final/``); never modified.
