@@ -7,7 +7,7 @@
 - :func:`prepare_model_folder`: the code and the card, written when a run saves its model.
 """
 
-from onetower.hub.card import REAL_LIMITS, model_card, write_model_card
+from onetower.hub.card import PIPELINE_TAGS, REAL_LIMITS, model_card, write_model_card
 from onetower.hub.folder import (
     ModelFolderError,
     auto_class_name,
@@ -28,6 +28,7 @@ from onetower.hub.upload import (
 
 __all__ = [
     "MODEL_FILES",
+    "PIPELINE_TAGS",
     "REAL_LIMITS",
     "HubUploadError",
     "ModelFolderError",
