@@ -1,8 +1,9 @@
 """Share a trained onetower model on the Hugging Face Hub with a generated model card.
 
 Checks the model folder (config, weights, processor) before any network call, uploads a
-staged copy (the folder itself is never modified) plus a README.md built from the run's
-config.yaml and metrics.json. Log in first with `hf auth login` or set HF_TOKEN.
+staged copy (the folder itself is never modified) with the model code for
+`trust_remote_code=True` loading and a README.md built from the run's record (metrics.json)
+and config.yaml. Log in first with `hf auth login` or set HF_TOKEN.
 
     python recipes/push_to_hub.py checkpoint=runs/vqa/final repo_id=me/onetower-vqa \
         [private=true] [revision=BRANCH] [license=mit] [base_model=ID] [token=...]

@@ -1,15 +1,20 @@
-"""Hugging Face integration: config, Auto classes, save/load, strict loading."""
+"""Hugging Face integration: config, Auto classes, save/load, strict loading, the model card."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoConfig, AutoModel
 
-from onetower import SIZES, OneTowerConfig, OneTowerModel
+from onetower import SIZES, OneTowerConfig, OneTowerForQuestionAnswering, OneTowerModel
+from onetower.hub import REAL_LIMITS, model_card, prepare_model_folder, write_model_card
+
+from .conftest import PRETRAIN_RECORD, VQA_RECORD, finite_metrics, make_run
 
 
 def test_named_sizes() -> None:
@@ -79,3 +84,75 @@ def test_checkpoint_of_another_architecture_is_rejected(tmp_path: Path) -> None:
         OneTowerModel.from_pretrained(tmp_path / "tiny", multiway=True)
     with pytest.raises(OSError):
         OneTowerModel.from_pretrained(tmp_path / "nothing-here")
+
+
+@pytest.mark.parametrize("record", [PRETRAIN_RECORD, VQA_RECORD], ids=["pretraining", "vqa"])
+def test_model_card_evaluation_table_shows_the_run_record(tmp_path, tokenizer, record) -> None:
+    vqa = record is VQA_RECORD
+    extra = {"id2label": {0: "yes", 1: "no"}} if vqa else {}
+    model_cls = OneTowerForQuestionAnswering if vqa else OneTowerModel
+    final = make_run(tmp_path / "run", tokenizer, model_cls, extra, record=record)
+    card = model_card(final, repo_id="me/toy")
+    want = finite_metrics(record)
+    assert want and all(f"| {k} | {v:.4f} |" in card for k, v in want.items())
+    assert "No metrics were recorded" not in card and "eval/bad" not in card  # NaN dropped
+    meta = ModelCard(card).data
+    assert {r.metric_name: r.metric_value for r in meta.eval_results} == want
+    assert meta.pipeline_tag == ("visual-question-answering" if vqa else None)
+    assert record["data"]["description"] in card
+    assert (record["data"].get("limitations") or REAL_LIMITS) in card
+
+
+def test_model_card_of_a_real_data_finetune_and_of_a_bare_folder(tmp_path, tokenizer) -> None:
+    record = {**VQA_RECORD, "init": "someone/onetower-base"}
+    final = make_run(tmp_path / "run", tokenizer, record=record)
+    (tmp_path / "run" / "config.yaml").write_text(
+        "run:\n  recipe: finetune_vqa\ntask:\n  name: vqa\ndata:\n  root: /data/vqa\n"
+    )
+    card = model_card(final, repo_id="me/vqa", license="mit")
+    meta = ModelCard(card).data
+    assert meta.base_model == "someone/onetower-base" and meta.license == "mit"
+    assert {"vqa", "finetune_vqa"} <= set(meta.tags) and "synthetic-data" not in meta.tags
+    assert {(r.dataset_name, r.dataset_split, r.metric_type) for r in meta.eval_results} == {
+        ("/data/vqa", "val2014", "vqa_acc"),
+        ("/data/vqa", "val2014", "vqa_acc_yes_no"),
+    }
+    assert (
+        "| val2014/vqa_acc | 93.1000 |" in card and "| val2014/vqa_acc_yes_no | 99.0000 |" in card
+    )
+    assert "VQA v2 files in /data/vqa." in card and "Sources: `/data/vqa`." in card
+    assert "unreadable_image: 2" in card and "2000 steps on 1 process(es)" in card
+    assert "training time: 5.0 min, 210 samples/s" in card
+    assert REAL_LIMITS in card and "synthetic" not in card.lower()
+
+    bare = tmp_path / "bare"
+    shutil.copytree(final, bare)
+    card = model_card(bare)
+    assert "config.yaml was not found" in card and "No metrics were recorded" in card
+    assert "training data was not recorded" in card and REAL_LIMITS in card
+    assert ModelCard(card).data.library_name == "onetower"
+
+
+def test_write_model_card_replaces_the_card_atomically(monkeypatch, tmp_path, tokenizer) -> None:
+    final = make_run(tmp_path / "run", tokenizer, prepared=False)
+    assert not (final / "README.md").exists()
+    path = write_model_card(final, tmp_path / "run")
+    assert path == final / "README.md"
+    assert path.read_text() == model_card(final, run_dir=tmp_path / "run")
+    assert "trust_remote_code" not in path.read_text()  # no bundle in the folder yet
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(VQA_RECORD))
+    written = prepare_model_folder(final, tmp_path / "run")
+    assert {"README.md", "config.json", "modeling_onetower.py"} <= set(written)
+    card = path.read_text()
+    assert "| val2014/vqa_acc | 93.1000 |" in card and "trust_remote_code=True" in card
+    assert sorted(p.name for p in final.iterdir() if p.name.startswith(".")) == []  # no tmp
+
+    def replace_fails(*args):
+        raise OSError("disk full")
+
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(PRETRAIN_RECORD))
+    monkeypatch.setattr("onetower.hub.folder.os.replace", replace_fails)
+    with pytest.raises(OSError, match="disk full"):
+        write_model_card(final, tmp_path / "run")
+    assert path.read_text() == card  # the old card, whole
+    assert sorted(p.name for p in final.iterdir() if p.name.startswith(".")) == []

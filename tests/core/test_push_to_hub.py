@@ -29,71 +29,46 @@ from transformers import (
 )
 
 from onetower import (
-    OneTowerConfig,
     OneTowerForImagesAndTextClassification,
     OneTowerForQuestionAnswering,
     OneTowerModel,
     OneTowerProcessor,
 )
-from onetower.data import train_wordpiece_tokenizer
-from onetower.hub import HubUploadError, ModelFolderError, model_card, push_to_hub
+from onetower.hub import REAL_LIMITS, HubUploadError, ModelFolderError, push_to_hub
 from onetower.training import ConfigError
 
+from .conftest import NLVR2_RECORD, PRETRAIN_RECORD, VQA_RECORD, finite_metrics, make_run
+
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "push_to_hub.py"
-RUN_YAML = """run:
-  recipe: flava_like
-  output_dir: {out}
-objectives:
-  mlm:
-    weight: 1.0
-  itm:
-    weight: 0.5
-data:
-  pairs: null
-  synthetic:
-    root: runs/synthetic_world
-  image_size: 32
-  max_text_len: 16
-  mean: [0.4, 0.45, 0.5]
-  std: [0.2, 0.25, 0.3]
-"""
-METRICS = {"eval/i2t_r1": 0.375, "eval/mlm_loss": 1.25, "eval/bad": float("nan")}
-
-# (model class, Auto class that must load the upload, extra config fields, images per text)
+# (model class, Auto class that must load the upload, extra config fields, images per text,
+# the run record)
 CASES = [
-    pytest.param(OneTowerModel, AutoModel, {}, 1, id="encoder"),
-    pytest.param(OneTowerForQuestionAnswering, AutoModelForVisualQuestionAnswering,
-                 {"id2label": {0: "yes", 1: "no"}}, 1, id="vqa"),
-    pytest.param(OneTowerForImagesAndTextClassification, AutoModelForSequenceClassification,
-                 {"num_segments": 3, "id2label": {0: "False", 1: "True"}}, 2, id="nlvr2"),
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    texts = ["a red circle left of a blue square", "a green triangle above a star"]
-    return train_wordpiece_tokenizer(texts, vocab_size=128, model_max_length=16)
-
-
-def make_run(root: Path, tokenizer, model_cls=OneTowerModel, extra=None, processor=True) -> Path:
-    """A run folder as a recipe leaves it: config.yaml, metrics.json, final/ (returned)."""
-    torch.manual_seed(0)
-    config = OneTowerConfig.from_size("tiny", num_hidden_layers=1, **(extra or {}))
-    final = root / "final"
-    model_cls(config).save_pretrained(final)
-    tokenizer.save_pretrained(str(final))
-    if processor:
-        OneTowerProcessor.from_config(tokenizer, image_size=32, max_text_len=16,
-                                      mean=(0.4, 0.45, 0.5), std=(0.2, 0.25, 0.3)).save_pretrained(final)  # fmt: skip
-    (root / "config.yaml").write_text(RUN_YAML.format(out=root))
-    record = {"steps": 30, "world_size": 1, "metrics": METRICS}
-    (root / "metrics.json").write_text(json.dumps(record))
-    return final
+    pytest.param(OneTowerModel, AutoModel, {}, 1, PRETRAIN_RECORD, id="encoder"),
+    pytest.param(
+        OneTowerForQuestionAnswering,
+        AutoModelForVisualQuestionAnswering,
+        {"id2label": {0: "yes", 1: "no"}},
+        1,
+        VQA_RECORD,
+        id="vqa",
+    ),
+    pytest.param(
+        OneTowerForImagesAndTextClassification,
+        AutoModelForSequenceClassification,
+        {"num_segments": 3, "id2label": {0: "False", 1: "True"}},
+        2,
+        NLVR2_RECORD,
+        id="nlvr2",
+    ),
+]
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture()
@@ -121,8 +96,11 @@ def hub(monkeypatch, tmp_path):
             shutil.copyfile(op.path_or_fileobj, target)
         return SimpleNamespace(commit_url=f"https://hub.invalid/{repo_id}/commit/1")
 
-    for name, fn in [("create_repo", create_repo), ("create_branch", create_branch),
-                     ("create_commit", create_commit)]:  # fmt: skip
+    for name, fn in [
+        ("create_repo", create_repo),
+        ("create_branch", create_branch),
+        ("create_commit", create_commit),
+    ]:
         monkeypatch.setattr(huggingface_hub.HfApi, name, fn)
     return state
 
@@ -131,22 +109,33 @@ def _tensors(output) -> dict[str, torch.Tensor]:
     return {k: v for k, v in vars(output).items() if isinstance(v, torch.Tensor)}
 
 
-@pytest.mark.parametrize(("model_cls", "auto_cls", "extra", "n_images"), CASES)
-def test_push_round_trip(hub, tmp_path, tokenizer, model_cls, auto_cls, extra, n_images) -> None:
-    final = make_run(tmp_path / "run", tokenizer, model_cls, extra)
+@pytest.mark.parametrize(("model_cls", "auto_cls", "extra", "n_images", "record"), CASES)
+def test_push_round_trip(
+    hub, tmp_path, tokenizer, model_cls, auto_cls, extra, n_images, record
+) -> None:
+    final = make_run(tmp_path / "run", tokenizer, model_cls, extra, record=record)
+    assert (final / "README.md").is_file() and (final / "configuration_onetower.py").is_file()
     before = digest(tmp_path / "run")
-    url = push_to_hub(final, "me/onetower-toy", private=True, revision="v1",
-                      commit_message="first upload", token="hf_test")  # fmt: skip
+    url = push_to_hub(
+        final,
+        "me/onetower-toy",
+        private=True,
+        revision="v1",
+        commit_message="first upload",
+        token="hf_test",
+    )
     assert url == "https://hub.invalid/me/onetower-toy/commit/1"
     assert digest(tmp_path / "run") == before  # the user's folder is never written
     assert list((tmp_path / "tmp").iterdir()) == []  # the staging copy is removed
     names = [c[0] for c in hub.calls]
     assert names == ["create_repo", "create_branch", "create_commit"]
     assert hub.calls[0][2]["private"] is True and hub.calls[1][2]["branch"] == "v1"
-    assert hub.calls[2][2]["commit_message"] == "first upload" and hub.calls[2][2]["revision"] == "v1"  # fmt: skip
+    assert (
+        hub.calls[2][2]["commit_message"] == "first upload" and hub.calls[2][2]["revision"] == "v1"
+    )
 
     remote = hub.dir("me/onetower-toy")
-    assert {p.name for p in remote.iterdir()} == {"README.md", *(p.name for p in final.iterdir())}
+    assert {p.name for p in remote.iterdir()} == {p.name for p in final.iterdir()}
     original = model_cls.from_pretrained(final).eval()
     loaded = auto_cls.from_pretrained(remote).eval()  # no trust_remote_code: onetower is imported
     assert type(loaded) is model_cls
@@ -163,25 +152,32 @@ def test_push_round_trip(hub, tmp_path, tokenizer, model_cls, auto_cls, extra, n
     card = (remote / "README.md").read_text()
     meta = ModelCard(card).data
     assert meta.library_name == "onetower" and "vision-language" in meta.tags
-    assert "synthetic-data" in meta.tags and "flava_like" in meta.tags
-    assert {r.metric_name: r.metric_value for r in meta.eval_results} == {
-        "eval/i2t_r1": 0.375, "eval/mlm_loss": 1.25,
-    }  # fmt: skip
-    assert "| eval/i2t_r1 | 0.3750 |" in card and "eval/bad" not in card  # NaN dropped
+    assert record["recipe"] in meta.tags and record["task"] in meta.tags
+    assert ("synthetic-data" in meta.tags) == (record is PRETRAIN_RECORD)  # from data.tags
+    want = finite_metrics(record)
+    assert {r.metric_name: r.metric_value for r in meta.eval_results} == want
+    assert all(f"| {k} | {v:.4f} |" in card for k, v in want.items())  # the Evaluation table
+    assert "eval/bad" not in card and "No metrics were recorded" not in card  # NaN dropped
+    assert record["data"]["description"] in card and record["summary"] in card
+    assert f"{record['steps']} steps on 1 process(es)" in card
     assert "```yaml\nrun:\n  recipe: flava_like" in card and "weight: 0.5" in card
-    assert "1 layers, width 64" in card and "synthetic data" in card
+    assert "1 layers, width 64" in card
+    assert (record["data"].get("limitations") or REAL_LIMITS) in card
     assert f'{auto_cls.__name__}.from_pretrained("me/onetower-toy")' in card
+    assert f'{auto_cls.__name__}.from_pretrained("me/onetower-toy", trust_remote_code=True)' in card
 
 
 @pytest.mark.parametrize(
     "error",
     [
-        HfHubHTTPError("403 Forbidden: you cannot write to me/onetower-toy",
-                       response=httpx2.Response(403, request=httpx2.Request("POST", "https://hub.invalid"))),
+        HfHubHTTPError(
+            "403 Forbidden: you cannot write to me/onetower-toy",
+            response=httpx2.Response(403, request=httpx2.Request("POST", "https://hub.invalid")),
+        ),
         ConnectionError("connection reset by peer"),
     ],
     ids=["http_403", "connection"],
-)  # fmt: skip
+)
 def test_failed_upload_is_a_clear_error_and_changes_nothing(
     hub, tmp_path, tokenizer, error
 ) -> None:
@@ -213,8 +209,16 @@ def test_offline_mode_is_reported(monkeypatch, tmp_path, tokenizer) -> None:
 def _vilt(folder: Path) -> None:
     from transformers import ViltConfig, ViltModel
 
-    ViltModel(ViltConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, image_size=32, patch_size=8)).save_pretrained(folder)  # fmt: skip
+    ViltModel(
+        ViltConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
+    ).save_pretrained(folder)
 
 
 @pytest.mark.parametrize(
@@ -253,34 +257,24 @@ def test_bad_folder_fails_before_any_network_call(
     assert hub.calls == []
 
 
-def test_processor_rebuilt_from_the_run_config(hub, tmp_path, tokenizer) -> None:
-    final = make_run(tmp_path / "run", tokenizer, processor=False)  # an older run's final/
+def test_older_run_gets_processor_and_remote_code_in_the_upload(hub, tmp_path, tokenizer) -> None:
+    # an older run's final/: no processor, no remote code, no card
+    final = make_run(tmp_path / "run", tokenizer, processor=False, prepared=False)
     before = digest(tmp_path / "run")
     push_to_hub(final, "me/old-run", token="hf_test")
-    assert digest(tmp_path / "run") == before
-    processor = AutoProcessor.from_pretrained(hub.dir("me/old-run"))
+    assert digest(tmp_path / "run") == before  # both were built in the staging copy
+    remote = hub.dir("me/old-run")
+    processor = AutoProcessor.from_pretrained(remote)
     assert processor.max_text_len == 16 and processor.image_processor.image_size == 32
     assert processor.image_processor.image_mean == [0.4, 0.45, 0.5]  # from config.yaml's data
     assert processor.image_processor.image_std == [0.2, 0.25, 0.3]
-
-
-def test_model_card_of_a_real_data_finetune_and_of_a_bare_folder(tmp_path, tokenizer) -> None:
-    final = make_run(tmp_path / "run", tokenizer)
-    (tmp_path / "run" / "config.yaml").write_text(
-        "init: someone/onetower-base\nrun:\n  recipe: finetune_vqa\ntask:\n  name: vqa\n"
-        "data:\n  root: /data/vqa\n"
-    )
-    card = model_card(final, repo_id="me/vqa", license="mit")
-    meta = ModelCard(card).data
-    assert meta.base_model == "someone/onetower-base" and meta.license == "mit"
-    assert "vqa" in meta.tags and "synthetic-data" not in meta.tags
-    assert "/data/vqa" in card and "synthetic data" not in card
-
-    bare = tmp_path / "bare"
-    shutil.copytree(final, bare)
-    card = model_card(bare)
-    assert "config.yaml was not found" in card and "No metrics were recorded" in card
-    assert ModelCard(card).data.library_name == "onetower"
+    config = json.loads((remote / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_onetower.OneTowerModel"
+    assert {"configuration_onetower.py", "modeling_onetower.py", "onetower_layers.py"} <= {
+        p.name for p in remote.iterdir()
+    }
+    card = (remote / "README.md").read_text()
+    assert "| eval/i2t_r1 | 0.3750 |" in card and "trust_remote_code=True" in card
 
 
 def test_recipe_pushes_and_names_bad_keys(hub, tmp_path, tokenizer) -> None:
