@@ -19,8 +19,8 @@ from torch.profiler import ProfilerActivity, profile
 from onetower.data import keys, train_wordpiece_tokenizer
 from onetower.data.batch_masking import step_generator
 from onetower.pretraining import PretrainConfig
-from onetower.training import load_config
 from onetower.pretraining.build import build_composer, build_masker, build_model
+from onetower.training import load_config
 
 DEBUG = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "debug"
 SYNCS = {"aten::item", "aten::_local_scalar_dense", "aten::is_nonzero"}

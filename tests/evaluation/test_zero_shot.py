@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from onetower.data import PairCollator, build_dataset, build_image_transform, load_pairs
-from onetower.pretraining import pretrain
-from onetower.training import load_config
+from onetower.evaluation.schema import EvaluateConfig
 from onetower.evaluation.zero_shot import (
     HEADS_FILE,
     embed_pairs,
@@ -19,7 +18,8 @@ from onetower.evaluation.zero_shot import (
     load_pretrained_run,
     recall_at_k,
 )
-from onetower.evaluation.schema import EvaluateConfig
+from onetower.pretraining import pretrain
+from onetower.training import load_config
 
 from ..conftest import debug_config
 

@@ -16,12 +16,11 @@ from onetower import (
     OneTowerForQuestionAnswering,
     OneTowerModel,
 )
+from onetower.finetuning import FinetuneConfig, finetune
+from onetower.finetuning.vqa_metric import read_results
 from onetower.inference import answer_question, classify_statement, load_task_model
 from onetower.inference import main as inference_main
 from onetower.training import ConfigError, load_config
-from onetower.finetuning import finetune
-from onetower.finetuning import FinetuneConfig
-from onetower.finetuning.vqa_metric import read_results
 
 from ..conftest import CONFIGS
 

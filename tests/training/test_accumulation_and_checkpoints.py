@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onetower.training import checkpoint as ckpt_mod
 from onetower.pretraining import pretrain
+from onetower.training import checkpoint as ckpt_mod
 from onetower.training import list_checkpoints, resolve_resume
 
 from ..conftest import debug_config

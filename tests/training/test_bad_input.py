@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from onetower.finetuning import FinetuneConfig
 from onetower.pretraining import PretrainConfig, pretrain
 from onetower.training import ConfigError, load_config
-from onetower.finetuning import FinetuneConfig
 
 from ..conftest import CONFIGS, debug_config
 

@@ -154,7 +154,7 @@ def leaf_keys(tree: Any, prefix: str = "") -> list[str]:
 
 
 def test_every_key_of_the_pretraining_schema_has_its_line():
-    from onetower.training import PretrainConfig
+    from onetower.pretraining import PretrainConfig
 
     text = describe_config(PretrainConfig)
     keys = leaf_keys(OmegaConf.to_container(OmegaConf.structured(PretrainConfig)))

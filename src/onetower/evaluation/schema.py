@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+
 @dataclass
 class ZeroShotSection:
     #: imagefolder / JSONL of images with a label column; null = the synthetic held-out

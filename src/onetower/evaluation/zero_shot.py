@@ -91,7 +91,9 @@ def embed_pairs(composer: ObjectiveComposer, batches: Any) -> tuple[torch.Tensor
 def embed_texts(composer: ObjectiveComposer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """L2-normalised contrastive text embeddings `(B, E)`."""
     head = _need(composer, ContrastiveHead, "zero-shot classification")
-    return F.normalize(head.text_proj(text_features(_view(composer, batch, "text"))).float(), dim=-1)
+    return F.normalize(
+        head.text_proj(text_features(_view(composer, batch, "text"))).float(), dim=-1
+    )
 
 
 @torch.no_grad()

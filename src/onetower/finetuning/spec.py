@@ -56,8 +56,16 @@ class FinetuneSpec(Protocol):
     default_train: str
     default_eval: list[str]
 
-    def build(self, cfg: DictConfig, root: Path, tokenizer: Any, image_size: int,
-              max_len: int, transforms: dict, init_labels: dict[int, str] | None) -> TaskData:
+    def build(
+        self,
+        cfg: DictConfig,
+        root: Path,
+        tokenizer: Any,
+        image_size: int,
+        max_len: int,
+        transforms: dict,
+        init_labels: dict[int, str] | None,
+    ) -> TaskData:
         """Datasets, labels and collator from ``root``; ``init_labels``: the labels of a task
         checkpoint being trained further (kept, and checked against the data)."""
         ...

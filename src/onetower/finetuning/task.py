@@ -110,7 +110,9 @@ def origin(cfg: DictConfig) -> str:
     )
 
 
-def build_task_model(cfg: DictConfig, task: FinetuneSpec, config: OneTowerConfig, data: TaskData) -> TaskModel:
+def build_task_model(
+    cfg: DictConfig, task: FinetuneSpec, config: OneTowerConfig, data: TaskData
+) -> TaskModel:
     head = dict(
         classifier_pooling=cfg.task.classifier_pooling,
         multi_image_method=cfg.task.multi_image_method,

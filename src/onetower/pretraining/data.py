@@ -75,7 +75,10 @@ def resolve_sources(cfg: DictConfig, accelerator: Accelerator) -> tuple[dict[str
                     "built-in synthetic world's is never used behind your data)"
                 )
         sources = [str(v) for k, v in paths.items() if v is not None and k != "tokenizer"]
-        card = {"sources": sources, "description": "Image-text pairs from " + ", ".join(sources) + "."}
+        card = {
+            "sources": sources,
+            "description": "Image-text pairs from " + ", ".join(sources) + ".",
+        }
         return paths, card
     s = d.synthetic
     with accelerator.main_process_first():
@@ -107,7 +110,9 @@ def build_data(cfg: DictConfig, accelerator: Accelerator) -> PretrainData:
     d = cfg.data
     unknown = set(d.ratios) - set(SOURCES)
     if unknown:
-        raise ConfigError(f"data.ratios: unknown source(s) {sorted(unknown)}; sources are {SOURCES}")
+        raise ConfigError(
+            f"data.ratios: unknown source(s) {sorted(unknown)}; sources are {SOURCES}"
+        )
     ratios = {k: float(v) for k, v in d.ratios.items() if float(v) > 0}
     if not ratios:
         raise ConfigError("data.ratios: give at least one source a ratio > 0")

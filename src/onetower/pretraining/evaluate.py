@@ -73,7 +73,9 @@ def evaluate(
             sums[k] += float(v)
         n_batches += 1
         if contrastive is not None:
-            views = composer.views(batch, gen, [n for n, h in composer.heads.items() if h is contrastive])
+            views = composer.views(
+                batch, gen, [n for n, h in composer.heads.items() if h is contrastive]
+            )
             img, txt = contrastive.embed(views["text"], views["image"])
             image_emb.append(img)
             text_emb.append(txt)

@@ -26,7 +26,9 @@ def reconstructions(
 ) -> Path | None:
     """A PNG of images, their masked input and the reconstruction (visible patches pasted
     back, as MAE shows it), from the first head that predicts pixels; None without one."""
-    batch = mask({k: v.to(composer.model.device) for k, v in batch.items()}, step_generator(EVAL_SEED, 0))
+    batch = mask(
+        {k: v.to(composer.model.device) for k, v in batch.items()}, step_generator(EVAL_SEED, 0)
+    )
     if keys.MIM_MASK not in batch:
         return None
     was = composer.training

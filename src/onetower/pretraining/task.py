@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import Accelerator
 from omegaconf import DictConfig
 from torch import nn
@@ -77,13 +76,17 @@ class PretrainTask:
 
     def _eval_batches(self) -> Any:
         e, d = self.cfg.eval, self.cfg.data
-        return eval_batches(self.data.val, self.data.tokenizer, d.max_text_len, e.max_samples, e.batch_size)
+        return eval_batches(
+            self.data.val, self.data.tokenizer, d.max_text_len, e.max_samples, e.batch_size
+        )
 
     def evaluate(self, module: nn.Module, accelerator: Accelerator, step: int) -> dict[str, float]:
         if not accelerator.is_main_process:  # the others wait in the engine
             return {}
         mask_id = self.data.tokenizer.mask_token_id
-        return evaluate(module, self.masker, self._eval_batches(), self.probe, mask_id, accelerator.device)
+        return evaluate(
+            module, self.masker, self._eval_batches(), self.probe, mask_id, accelerator.device
+        )
 
     def save(self, module: nn.Module, folder: Path) -> None:
         """The encoder, its tokenizer and processor, and the heads (zero-shot evaluation and

@@ -44,5 +44,3 @@ class TrainSection:
     )
     compile: bool = False
     activation_checkpointing: bool = False
-
-

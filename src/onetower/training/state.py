@@ -113,7 +113,9 @@ class RunningLogs:
     def flush(self, accelerator: Accelerator, lr: float) -> dict[str, float]:
         """The averages since the last flush (every process must call it), with throughput
         and the learning rate."""
-        logs = {k: float(accelerator.reduce(v / n, "mean")) for k, (v, n) in sorted(self.sums.items())}
+        logs = {
+            k: float(accelerator.reduce(v / n, "mean")) for k, (v, n) in sorted(self.sums.items())
+        }
         now = time.perf_counter()
         steps = self.micro_steps / self.grad_accum
         logs["samples_per_s"] = self.samples_per_step * steps / max(now - self.tick, 1e-9)
