@@ -46,6 +46,7 @@ from onetower.objectives.views import (
     TextView,
     ViewSpec,
 )
+from onetower.objectives.wpa import WPAHead as WPAHead
 
 __all__ = [
     "IGNORE_INDEX",
