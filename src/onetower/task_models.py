@@ -121,10 +121,6 @@ class TaskModel(OneTowerPreTrainedModel):
         model.onetower.load_state_dict(state, strict=True)
         return model
 
-    def head_parameters(self) -> list[str]:
-        """Names of the head's parameters."""
-        return [n for n, _ in self.named_parameters() if n.startswith(self.head_prefixes)]
-
 
 class OneTowerForQuestionAnswering(TaskModel):
     """VQA: the ViLT head on the pooled output, BCE against soft answer scores.
@@ -158,8 +154,12 @@ class OneTowerForQuestionAnswering(TaskModel):
             labels: float `(B, A)` soft scores in [0, 1] (VQA: 0, .3, .6, .9, 1).
             **encoder_kwargs: passed to :class:`OneTowerModel` (e.g. ``interpolate_pos_encoding``).
         """
-        out = self.onetower(input_ids=input_ids, attention_mask=attention_mask,
-                            pixel_values=pixel_values, **encoder_kwargs)  # fmt: skip
+        out = self.onetower(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            **encoder_kwargs,
+        )
         pooled = pooled_features(out, self.config.classifier_pooling)  # (B, D) or (B, 3 D)
         logits = self.classifier(pooled)  # (B, A)
         loss = None
@@ -225,8 +225,12 @@ class OneTowerForImagesAndTextClassification(TaskModel):
                 f"got {tuple(pixel_values.shape)}"
             )
         if self.config.multi_image_method == "triplet":
-            out = self.onetower(input_ids=input_ids, attention_mask=attention_mask,
-                                pixel_values=pixel_values, **encoder_kwargs)  # fmt: skip
+            out = self.onetower(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                pixel_values=pixel_values,
+                **encoder_kwargs,
+            )
             pooled = pooled_features(out, self.config.classifier_pooling, self.num_images)
             return self._classify(pooled, labels)
         B, n = pixel_values.shape[:2]

@@ -20,14 +20,19 @@ from onetower.finetuning import FinetuneConfig, finetune
 from onetower.finetuning.vqa_metric import read_results
 from onetower.inference import answer_question, classify_statement, load_task_model
 from onetower.inference import main as inference_main
-from onetower.training import ConfigError, load_config
+from onetower.training import ConfigError, load_config, param_groups
 
 from ..conftest import CONFIGS
 
 
 def task_config(task: str, tmp_path: Path, world: Path, *overrides: str):
-    argv = ["--config", str(CONFIGS / "debug" / f"finetune_{task}.yaml"),
-            f"run.output_dir={tmp_path / task}", f"data.synthetic.root={world}", *overrides]  # fmt: skip
+    argv = [
+        "--config",
+        str(CONFIGS / "debug" / f"finetune_{task}.yaml"),
+        f"run.output_dir={tmp_path / task}",
+        f"data.synthetic.root={world}",
+        *overrides,
+    ]
     return load_config(FinetuneConfig, argv)
 
 
@@ -111,15 +116,19 @@ def test_vqa_from_a_pretrained_encoder_and_vocabulary_checks(vqa_run, task_world
     with pytest.raises(ConfigError, match="answer vocabulary of .* does not match"):
         finetune(task_config("vqa", tmp_path / "x", task_world, f"init={bad}"))
     with pytest.raises(ConfigError, match="answer vocabulary of .* does not match"):
-        finetune(task_config("vqa", tmp_path / "y", task_world, f"init={bad}",
-                             "task.min_answer_count=1"))  # fmt: skip
+        finetune(
+            task_config("vqa", tmp_path / "y", task_world, f"init={bad}", "task.min_answer_count=1")
+        )
 
 
 def test_random_init_baseline_takes_only_the_architecture(vqa_run, task_world, tmp_path) -> None:
     """init_weights=random: the saved encoder's architecture and tokenizer, fresh weights."""
     encoder = _encoder_dir(vqa_run)
-    run = finetune(task_config("vqa", tmp_path, task_world, f"init={encoder}",
-                               "init_weights=random", "run.seed=1"))  # fmt: skip
+    run = finetune(
+        task_config(
+            "vqa", tmp_path, task_world, f"init={encoder}", "init_weights=random", "run.seed=1"
+        )
+    )
     assert "from random init (the architecture of" in run.summary
     model = OneTowerForQuestionAnswering.from_pretrained(run.final_model)
     saved = OneTowerModel.from_pretrained(encoder)
@@ -130,8 +139,11 @@ def test_random_init_baseline_takes_only_the_architecture(vqa_run, task_world, t
     # the encoder was itself trained briefly from a seed-0 init: another seed starts elsewhere
     assert qkv and not any(torch.allclose(a[k], b[k], atol=0.05) for k in qkv)
     with pytest.raises(ConfigError, match="init_weights must be 'pretrained' or 'random'"):
-        finetune(task_config("vqa", tmp_path / "bad", task_world, f"init={encoder}",
-                             "init_weights=zeros"))  # fmt: skip
+        finetune(
+            task_config(
+                "vqa", tmp_path / "bad", task_world, f"init={encoder}", "init_weights=zeros"
+            )
+        )
 
 
 def test_nlvr2_recipe_pair_method(tmp_path, task_world) -> None:
@@ -170,8 +182,11 @@ def test_from_encoder_copies_the_image_segment_into_the_new_row() -> None:
         == model.classifier[0].out_features
         == 2 * enc.config.hidden_size
     )
-    names = model.head_parameters()
-    assert names and all(n.startswith("classifier.") for n in names)
+    # the new head is what task.head_lr_mult speeds up (ViLT: 10x), and nothing else
+    groups = param_groups(model, 0.01, lr=1e-4, head_prefixes=model.head_prefixes, head_lr_mult=10)
+    fast = {id(p) for g in groups if g.get("lr") == 1e-3 for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert fast and fast == {id(p) for n, p in named.items() if n.startswith("classifier.")}
 
 
 def test_bad_task_data_is_named(tmp_path, task_world, vqa_run) -> None:  # vqa_run writes the world
@@ -179,10 +194,18 @@ def test_bad_task_data_is_named(tmp_path, task_world, vqa_run) -> None:  # vqa_r
     shutil.copytree(world_dir(task_world, "vqa"), vqa)
     missing = next((vqa / "train2014").glob("*.jpg"))
     missing.unlink()
-    with pytest.raises(FileNotFoundError, match=r"image file\(s\) referenced .* question_id \d+: .*"
-                       + missing.name):  # fmt: skip
-        finetune(task_config("vqa", tmp_path / "a", task_world, f"data.root={vqa}",
-                             f"data.tokenizer={world_dir(task_world, 'tokenizer')}"))  # fmt: skip
+    with pytest.raises(
+        FileNotFoundError, match=r"image file\(s\) referenced .* question_id \d+: .*" + missing.name
+    ):
+        finetune(
+            task_config(
+                "vqa",
+                tmp_path / "a",
+                task_world,
+                f"data.root={vqa}",
+                f"data.tokenizer={world_dir(task_world, 'tokenizer')}",
+            )
+        )
     nlvr2 = tmp_path / "nlvr2"
     shutil.copytree(world_dir(task_world, "nlvr2"), nlvr2)
     lines = (nlvr2 / "train.json").read_text().splitlines()
@@ -190,8 +213,15 @@ def test_bad_task_data_is_named(tmp_path, task_world, vqa_run) -> None:  # vqa_r
     lines[3] = json.dumps(row)
     (nlvr2 / "train.json").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"train.json:4: label 'maybe' is not True/False"):
-        finetune(task_config("nlvr2", tmp_path / "b", task_world, f"data.root={nlvr2}",
-                             f"data.tokenizer={world_dir(task_world, 'tokenizer')}"))  # fmt: skip
+        finetune(
+            task_config(
+                "nlvr2",
+                tmp_path / "b",
+                task_world,
+                f"data.root={nlvr2}",
+                f"data.tokenizer={world_dir(task_world, 'tokenizer')}",
+            )
+        )
     with pytest.raises(ConfigError, match="task.name must be one of"):
         finetune(task_config("nlvr2", tmp_path / "c", task_world, "task.name=gqa"))
     with pytest.raises(FileNotFoundError, match="is not a saved onetower model"):
@@ -199,8 +229,15 @@ def test_bad_task_data_is_named(tmp_path, task_world, vqa_run) -> None:  # vqa_r
     with pytest.raises(
         ConfigError, match=r"whose hidden_size=64 differ from model.\['hidden_size'\]"
     ):
-        finetune(task_config("vqa", tmp_path / "f", task_world, f"init={_encoder_dir(vqa_run)}",
-                             "model.hidden_size=32"))  # fmt: skip
+        finetune(
+            task_config(
+                "vqa",
+                tmp_path / "f",
+                task_world,
+                f"init={_encoder_dir(vqa_run)}",
+                "model.hidden_size=32",
+            )
+        )
     with pytest.raises(ConfigError, match="no tokenizer was found: set data.tokenizer"):
         finetune(task_config("vqa", tmp_path / "e", task_world, f"data.root={vqa}"))
 
@@ -259,14 +296,18 @@ def test_pair_method_in_one_call_equals_one_pass_per_image(pooling: str) -> None
         ref = torch.cat(
             [
                 pooled_features(
-                    model.onetower(input_ids=ids, attention_mask=mask, pixel_values=px[:, i],
-                                   image_segment=1 + i),
+                    model.onetower(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        pixel_values=px[:, i],
+                        image_segment=1 + i,
+                    ),
                     pooling,
                 )
                 for i in range(2)
             ],
             dim=-1,
-        )  # fmt: skip
+        )
     torch.testing.assert_close(out.pooled, ref)
     torch.testing.assert_close(out.logits, model.classifier(ref))
 
