@@ -72,11 +72,15 @@ class Contender:
 def environment(device: torch.device) -> dict[str, Any]:
     """What the figures were measured on."""
     env = {
-        "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "device": str(device), "argv": sys.argv,
-    }  # fmt: skip
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "argv": sys.argv,
+    }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
@@ -104,8 +108,10 @@ def tokenizer(vocab_size: int = 512) -> Any:
     filled to ``vocab_size`` with made-up words so the vocabulary has the size asked for."""
     g = torch.Generator().manual_seed(0)
     letters = "abcdefghijklmnopqrstuvwxyz"
-    words = ["".join(letters[i] for i in torch.randint(0, 26, (6,), generator=g).tolist())
-             for _ in range(vocab_size)]  # fmt: skip
+    words = [
+        "".join(letters[i] for i in torch.randint(0, 26, (6,), generator=g).tolist())
+        for _ in range(vocab_size)
+    ]
     texts = [f"a {c} {s} left of a {w}" for c in COLOURS for s in SHAPES for w in words[:8]]
     texts += words
     return train_wordpiece_tokenizer(texts, vocab_size=vocab_size)
@@ -140,10 +146,15 @@ def size_overrides(
     side = int(round(patches**0.5))
     if side * side != patches:
         raise ValueError(f"the patch count must be a square number, got {patches}")
-    return [f"model.hidden_size={width}", f"model.num_attention_heads={heads}",
-            f"model.intermediate_size={4 * width}", f"model.num_hidden_layers={depth}",
-            f"model.patch_size={patch_size}", f"data.image_size={side * patch_size}",
-            f"data.max_text_len={text_len}"]  # fmt: skip
+    return [
+        f"model.hidden_size={width}",
+        f"model.num_attention_heads={heads}",
+        f"model.intermediate_size={4 * width}",
+        f"model.num_hidden_layers={depth}",
+        f"model.patch_size={patch_size}",
+        f"data.image_size={side * patch_size}",
+        f"data.max_text_len={text_len}",
+    ]
 
 
 def recipe_step(
@@ -170,8 +181,9 @@ def recipe_step(
     composer = build_composer(cfg, model).to(device).train()
     masker = build_masker(cfg, tok, model, dict(composer.heads))
     # built after .to(device) so fused=None picks the fused kernel on CUDA (see RESULTS.md)
-    optimizer = build_optimizer(composer, t.lr, t.weight_decay, tuple(t.betas), t.eps,
-                                fused=optimizer_fused)  # fmt: skip
+    optimizer = build_optimizer(
+        composer, t.lr, t.weight_decay, tuple(t.betas), t.eps, fused=optimizer_fused
+    )
     if t.compile:
         model.encoder.compile()
     batch = to(synthetic_batch(tok, batch_size, cfg.data.max_text_len, cfg.data.image_size), device)
@@ -197,8 +209,9 @@ def recipe_step(
     return Contender(name or recipe, step, batch_size, n, notes, composer, lambda: last["batch"])
 
 
-def time_alternating(contenders: Sequence[Contender], device: torch.device, warmup: int,
-                     rounds: int) -> None:  # fmt: skip
+def time_alternating(
+    contenders: Sequence[Contender], device: torch.device, warmup: int, rounds: int
+) -> None:
     """Warm every contender up, then ``rounds`` rounds each timing one step of every
     contender, in an order rotated every round, so load changes on a shared machine hit all
     of them alike. Times land in ``Contender.times``."""
@@ -230,8 +243,9 @@ def peak_memory(step: Callable[[], None], device: torch.device) -> int:
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import MemoryProfileTimeline
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:  # fmt: skip
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
         step()
     _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
     return int(max(sum(s) for s in sizes)) if sizes else 0

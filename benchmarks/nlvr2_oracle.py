@@ -47,8 +47,13 @@ class Split:
     """Token ids `(N, T)`, attribute counts `(N, 2, A)`, labels `(N,)` and kinds of examples."""
 
     def __init__(self, examples: Sequence[NLVR2Example], tokenizer, max_len: int) -> None:
-        enc = tokenizer([ex.sentence for ex in examples], padding="max_length",
-                        max_length=max_len, truncation=True, return_tensors="pt")  # fmt: skip
+        enc = tokenizer(
+            [ex.sentence for ex in examples],
+            padding="max_length",
+            max_length=max_len,
+            truncation=True,
+            return_tensors="pt",
+        )
         self.ids, self.mask = enc["input_ids"], enc["attention_mask"].bool()
         self.counts = torch.tensor(
             [[scene_counts(ex.left), scene_counts(ex.right)] for ex in examples],
@@ -64,14 +69,16 @@ class Split:
 class PerfectPerceptionClassifier(nn.Module):
     """``[statement tokens ; left counts ; right counts]`` -> pre-LN transformer -> CLS -> head."""
 
-    def __init__(self, vocab: int, num_counts: int, max_len: int, dim: int, layers: int,
-                 heads: int) -> None:  # fmt: skip
+    def __init__(
+        self, vocab: int, num_counts: int, max_len: int, dim: int, layers: int, heads: int
+    ) -> None:
         super().__init__()
         self.tokens = nn.Embedding(vocab, dim)
         self.counts = nn.Linear(num_counts, dim)  # one token per image
         self.positions = nn.Parameter(torch.randn(max_len + 2, dim) * 0.02)  # images: 2 slots
-        block = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True,
-                                           norm_first=True)  # fmt: skip
+        block = nn.TransformerEncoderLayer(
+            dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.classifier = classifier_mlp(dim, 2)
@@ -86,10 +93,14 @@ class PerfectPerceptionClassifier(nn.Module):
 @torch.no_grad()
 def accuracy(model: nn.Module, split: Split) -> dict[str, float]:
     model.eval()
-    pred = torch.cat([
-        model(split.ids[i : i + 500], split.mask[i : i + 500], split.counts[i : i + 500]).argmax(-1)
-        for i in range(0, len(split), 500)
-    ])  # fmt: skip
+    pred = torch.cat(
+        [
+            model(
+                split.ids[i : i + 500], split.mask[i : i + 500], split.counts[i : i + 500]
+            ).argmax(-1)
+            for i in range(0, len(split), 500)
+        ]
+    )
     model.train()
     right = pred == split.labels
     out = {"acc": round(100 * right.float().mean().item(), 1)}
@@ -101,8 +112,9 @@ def accuracy(model: nn.Module, split: Split) -> dict[str, float]:
 
 def run(a: argparse.Namespace, steps: int, data: dict[str, Split], vocab: int) -> dict:
     torch.manual_seed(a.seed)
-    model = PerfectPerceptionClassifier(vocab, data["train"].counts.shape[-1], a.max_len, a.dim,
-                                        a.layers, a.heads)  # fmt: skip
+    model = PerfectPerceptionClassifier(
+        vocab, data["train"].counts.shape[-1], a.max_len, a.dim, a.layers, a.heads
+    )
     opt = build_optimizer(model, a.lr, 0.01, head_prefixes=("classifier.",), head_lr_mult=10.0)
     sched = build_scheduler(opt, a.warmup, steps)
     train, g = data["train"], torch.Generator().manual_seed(a.seed)
@@ -118,22 +130,37 @@ def run(a: argparse.Namespace, steps: int, data: dict[str, Split], vocab: int) -
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-    row = {"steps": steps, "examples_seen": steps * a.batch,
-           "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    row = {
+        "steps": steps,
+        "examples_seen": steps * a.batch,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     for name in ("dev", "held_out", "train"):
         row[name] = accuracy(model, data[name])
-    print(f"{steps:>6} steps ({steps * a.batch} examples, {row['seconds']:.0f} s): "
-          f"dev {row['dev']}  held-out {row['held_out']}", flush=True)  # fmt: skip
+    print(
+        f"{steps:>6} steps ({steps * a.batch} examples, {row['seconds']:.0f} s): "
+        f"dev {row['dev']}  held-out {row['held_out']}",
+        flush=True,
+    )
     return row
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, nargs="+", default=[1000, 2000, 4000],
-                   help="one run (own schedule) per budget")  # fmt: skip
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=[1000, 2000, 4000],
+        help="one run (own schedule) per budget",
+    )
     p.add_argument("--n-train", type=int, default=8000)
-    p.add_argument("--layers", type=int, default=4,
-                   help="4 = the fine-tuned encoder's text tower (2) + fusion (2) layers")  # fmt: skip
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=4,
+        help="4 = the fine-tuned encoder's text tower (2) + fusion (2) layers",
+    )
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--batch", type=int, default=32)

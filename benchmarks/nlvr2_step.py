@@ -40,10 +40,19 @@ def main() -> None:
     torch.manual_seed(0)
     # finetune_nlvr2's model: the flava_like demo architecture, 48 px / 16 px patches
     cfg = OneTowerConfig.from_size(
-        "small", hidden_size=128, num_attention_heads=4, intermediate_size=512,
-        num_hidden_layers=2, text_tower_layers=2, image_tower_layers=2, image_size=48,
-        patch_size=16, vocab_size=128, max_text_len=24, use_mask_token=True,
-    )  # fmt: skip
+        "small",
+        hidden_size=128,
+        num_attention_heads=4,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        text_tower_layers=2,
+        image_tower_layers=2,
+        image_size=48,
+        patch_size=16,
+        vocab_size=128,
+        max_text_len=24,
+        use_mask_token=True,
+    )
     enc = OneTowerModel(cfg)
     model = OneTowerForImagesAndTextClassification.from_encoder(
         enc, {0: "False", 1: "True"}, "cls+patches"
@@ -66,14 +75,18 @@ def main() -> None:
         pooled = torch.cat(
             [
                 pooled_features(
-                    model.onetower(input_ids=ids, attention_mask=mask, pixel_values=px[:, i],
-                                   image_segment=1 + i),
+                    model.onetower(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        pixel_values=px[:, i],
+                        image_segment=1 + i,
+                    ),
                     "cls+patches",
                 )
                 for i in range(2)
             ],
             dim=-1,
-        )  # fmt: skip
+        )
         return F.cross_entropy(model.classifier(pooled), labels)
 
     def one_call() -> torch.Tensor:
@@ -95,9 +108,14 @@ def main() -> None:
     rows = [
         Contender("pair method, one call", step_of(one_call), B, n, "2B rows, per-row segments"),
         Contender("pair method, one call per image", step_of(per_image), B, n, "2 calls of B"),
-        Contender("triplet method", step_of(triplet_call, triplet, triplet_opt), B,
-                  sum(p.numel() for p in triplet.parameters()), "B rows of text + 2 images"),
-    ]  # fmt: skip
+        Contender(
+            "triplet method",
+            step_of(triplet_call, triplet, triplet_opt),
+            B,
+            sum(p.numel() for p in triplet.parameters()),
+            "B rows of text + 2 images",
+        ),
+    ]
     time_alternating(rows, device, a.warmup, a.rounds)
     ratio = rows[1].seconds / rows[0].seconds
     triplet_ratio = rows[0].seconds / rows[2].seconds
@@ -106,9 +124,15 @@ def main() -> None:
     print(f"one call / one call per image: {ratio:.2f}x")
     print(f"triplet / pair method (one call): {triplet_ratio:.2f}x")
     env = environment(device) | {"threads": a.threads}
-    result = {"environment": env, "args": vars(a), "ratio": ratio, "triplet_ratio": triplet_ratio,
-              "rows": [{"name": c.name, "samples_per_s": c.samples_per_s, "times_s": c.times}
-                       for c in rows]}  # fmt: skip
+    result = {
+        "environment": env,
+        "args": vars(a),
+        "ratio": ratio,
+        "triplet_ratio": triplet_ratio,
+        "rows": [
+            {"name": c.name, "samples_per_s": c.samples_per_s, "times_s": c.times} for c in rows
+        ],
+    }
     with open(a.json, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {a.json}")

@@ -43,8 +43,11 @@ def main() -> None:
     tok = tokenizer()
     size = size_overrides(a.width, 4, 4, 64, 16)
     if a.recipe == "flava_like":  # towers and fusion of 2 layers each, as train_step.py
-        size += ["model.num_hidden_layers=2", "model.text_tower_layers=2",
-                 "model.image_tower_layers=2"]  # fmt: skip
+        size += [
+            "model.num_hidden_layers=2",
+            "model.text_tower_layers=2",
+            "model.image_tower_layers=2",
+        ]
     c = recipe_step(a.recipe, size, a.batch, device, tok)
     for _ in range(2):
         c.step()

@@ -57,9 +57,16 @@ def sweep(label: str, rows: list[tuple[str, Contender]], device, a) -> list[dict
         n = tokens_per_step(c)
         ms = 1e3 * c.seconds
         print(f"{setting:>14s} {ms:8.0f} {n:7d} {1e3 * ms / n:12.2f} {c.samples_per_s:9.1f}")
-        out.append({"setting": setting, "ms_per_step": ms, "tokens_per_step": n,
-                    "ms_per_1k_tokens": 1e3 * ms / n, "samples_per_s": c.samples_per_s,
-                    "times_s": c.times})  # fmt: skip
+        out.append(
+            {
+                "setting": setting,
+                "ms_per_step": ms,
+                "tokens_per_step": n,
+                "ms_per_1k_tokens": 1e3 * ms / n,
+                "samples_per_s": c.samples_per_s,
+                "times_s": c.times,
+            }
+        )
     print(linear_fit([r["tokens_per_step"] for r in out], [r["ms_per_step"] for r in out]))
     return out
 
@@ -110,15 +117,23 @@ def main() -> None:
         return recipe_step("vilt_like", size, batch, device, tok)
 
     batches = [int(b) for b in a.batches.split(",")]
-    by_batch = sweep("batch size (64 px, 64 patches)", [(f"B={b}", make(b, 64)) for b in batches],
-                     device, a)  # fmt: skip
+    by_batch = sweep(
+        "batch size (64 px, 64 patches)", [(f"B={b}", make(b, 64)) for b in batches], device, a
+    )
     res = [int(r) for r in a.resolutions.split(",")]
     B = a.batch_for_resolution
-    by_res = sweep(f"resolution (B={B}, patch 8)",
-                   [(f"{r}px/{(r // 8) ** 2}p", make(B, r)) for r in res], device, a)  # fmt: skip
+    by_res = sweep(
+        f"resolution (B={B}, patch 8)",
+        [(f"{r}px/{(r // 8) ** 2}p", make(B, r)) for r in res],
+        device,
+        a,
+    )
     with open(a.json, "w") as f:
-        json.dump({"environment": env, "args": vars(a), "batch": by_batch, "resolution": by_res},
-                  f, indent=1)  # fmt: skip
+        json.dump(
+            {"environment": env, "args": vars(a), "batch": by_batch, "resolution": by_res},
+            f,
+            indent=1,
+        )
     print(f"wrote {a.json}")
 
 

@@ -16,8 +16,13 @@ def debug_config(recipe: str, tmp_path: Path, *overrides: str, world: Path | Non
     from onetower.training import load_config
 
     world = world or tmp_path / "world"
-    argv = ["--config", str(CONFIGS / "debug" / f"{recipe}.yaml"),
-            f"run.output_dir={tmp_path / recipe}", f"data.synthetic.root={world}", *overrides]  # fmt: skip
+    argv = [
+        "--config",
+        str(CONFIGS / "debug" / f"{recipe}.yaml"),
+        f"run.output_dir={tmp_path / recipe}",
+        f"data.synthetic.root={world}",
+        *overrides,
+    ]
     return load_config(PretrainConfig, argv)
 
 

@@ -32,8 +32,12 @@ SCRIPT = textwrap.dedent(
 def test_every_module_imports_from_a_temp_cwd(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # keeps CI's PYTHONPATH to the installed wheel
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", SCRIPT],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout.strip().splitlines()[-1]) >= 10

@@ -73,9 +73,12 @@ class ImageEmbedder(nn.Module):
             )
         self.patch_size, self.in_chans = patch_size, in_chans
         self.patch_embed = PatchEmbed(
-            img_size=image_size, patch_size=patch_size, in_chans=in_chans, embed_dim=dim,
+            img_size=image_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=dim,
             strict_img_size=False,
-        )  # fmt: skip
+        )
         self.grid: tuple[int, int] = tuple(self.patch_embed.grid_size)
         self.num_prefix_tokens = int(cls_token)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
@@ -112,9 +115,11 @@ class ImageEmbedder(nn.Module):
                 "call resize_position_embeddings()"
             )
         return resample_abs_pos_embed(
-            self.pos_embed, new_size=list(grid), old_size=list(self.grid),
+            self.pos_embed,
+            new_size=list(grid),
+            old_size=list(self.grid),
             num_prefix_tokens=self.num_prefix_tokens,
-        )  # fmt: skip
+        )
 
     @torch.no_grad()
     def resize_position_embeddings(self, image_size: int) -> None:

@@ -9,20 +9,36 @@ from transformers import AutoConfig, PreTrainedConfig
 #: Named sizes. ``tiny`` is the test size; ``base``/``large`` follow ViT-B/L and ViLT-B.
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-        vocab_size=512, max_text_len=16, image_size=32, patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        vocab_size=512,
+        max_text_len=16,
+        image_size=32,
+        patch_size=8,
     ),
     "small": dict(
-        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-        image_size=64, patch_size=8,
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        image_size=64,
+        patch_size=8,
     ),
     "base": dict(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
     ),
     "large": dict(
-        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
     ),
-}  # fmt: skip
+}
 
 #: What a task head reads (see ``OneTowerConfig.classifier_pooling``).
 POOLINGS = ("cls", "cls+patches")
@@ -31,9 +47,16 @@ MULTI_IMAGE_METHODS = ("pair", "triplet")
 
 # Keys that transformers itself passes through a config's kwargs (loading, dtype, labels).
 _PASSTHROUGH_KWARGS = {
-    "torch_dtype", "num_labels", "name_or_path", "_name_or_path", "_commit_hash",
-    "output_attentions", "attn_implementation", "experts_implementation", "auto_map",
-}  # fmt: skip
+    "torch_dtype",
+    "num_labels",
+    "name_or_path",
+    "_name_or_path",
+    "_commit_hash",
+    "output_attentions",
+    "attn_implementation",
+    "experts_implementation",
+    "auto_map",
+}
 
 
 @strict

@@ -50,17 +50,28 @@ def vilt_config_to_onetower(vilt_config: Any, **overrides: Any) -> OneTowerConfi
         return int(v)
 
     fields = dict(
-        hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
-        num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+        hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        intermediate_size=c.intermediate_size,
         hidden_dropout_prob=float(c.hidden_dropout_prob),
         attention_probs_dropout_prob=float(c.attention_probs_dropout_prob),
-        layer_norm_eps=c.layer_norm_eps, initializer_range=c.initializer_range,
-        qkv_bias=c.qkv_bias, num_segments=c.modality_type_vocab_size, vocab_size=c.vocab_size,
-        max_text_len=c.max_position_embeddings, pad_token_id=c.pad_token_id,
-        text_position="learned", text_embed_norm=True, image_size=single(c.image_size),
-        patch_size=single(c.patch_size), num_channels=c.num_channels, image_cls_token=True,
-        image_position="learned", multiway=False,
-    )  # fmt: skip
+        layer_norm_eps=c.layer_norm_eps,
+        initializer_range=c.initializer_range,
+        qkv_bias=c.qkv_bias,
+        num_segments=c.modality_type_vocab_size,
+        vocab_size=c.vocab_size,
+        max_text_len=c.max_position_embeddings,
+        pad_token_id=c.pad_token_id,
+        text_position="learned",
+        text_embed_norm=True,
+        image_size=single(c.image_size),
+        patch_size=single(c.patch_size),
+        num_channels=c.num_channels,
+        image_cls_token=True,
+        image_position="learned",
+        multiway=False,
+    )
     return OneTowerConfig(**{**fields, **overrides})
 
 
@@ -98,9 +109,12 @@ def convert_vilt_state_dict(
         "pooler.dense.bias": take("pooler.dense.bias"),
     }
     names = {
-        "layernorm_before": "norm1", "attention.output.dense": "attn.proj",
-        "layernorm_after": "norm2", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
-    }  # fmt: skip
+        "layernorm_before": "norm1",
+        "attention.output.dense": "attn.proj",
+        "layernorm_after": "norm2",
+        "intermediate.dense": "mlp.fc1",
+        "output.dense": "mlp.fc2",
+    }
     for i in range(num_layers):
         src, dst = f"encoder.layer.{i}.", f"encoder.blocks.{i}."
         for kind in ("weight", "bias"):

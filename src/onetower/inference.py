@@ -61,9 +61,12 @@ def _open(path: str | Path) -> Image.Image:
 
 @torch.no_grad()
 def answer_question(
-    model: OneTowerForQuestionAnswering, processor: OneTowerProcessor, image: str | Path,
-    question: str, top_k: int = 5,
-) -> list[tuple[str, float]]:  # fmt: skip
+    model: OneTowerForQuestionAnswering,
+    processor: OneTowerProcessor,
+    image: str | Path,
+    question: str,
+    top_k: int = 5,
+) -> list[tuple[str, float]]:
     """The ``top_k`` answers to ``question`` about the image file, with their scores."""
     if not question.strip():
         raise ValueError("the question is empty")
@@ -78,9 +81,11 @@ def answer_question(
 
 @torch.no_grad()
 def classify_statement(
-    model: OneTowerForImagesAndTextClassification, processor: OneTowerProcessor,
-    images: list[str | Path], statement: str,
-) -> tuple[str, float]:  # fmt: skip
+    model: OneTowerForImagesAndTextClassification,
+    processor: OneTowerProcessor,
+    images: list[str | Path],
+    statement: str,
+) -> tuple[str, float]:
     """NLVR2: whether ``statement`` is true of the image files; ``(label, probability)``."""
     if len(images) != model.num_images:
         raise ValueError(f"this model reads {model.num_images} images, got {len(images)}")

@@ -94,19 +94,35 @@ class OneTowerModel(OneTowerPreTrainedModel):
         c = config
         D = c.hidden_size
         self.text = TextEmbedder(
-            c.vocab_size, D, c.max_text_len, c.text_position, c.text_embed_norm,
-            c.layer_norm_eps, c.hidden_dropout_prob, c.pad_token_id,
-        )  # fmt: skip
+            c.vocab_size,
+            D,
+            c.max_text_len,
+            c.text_position,
+            c.text_embed_norm,
+            c.layer_norm_eps,
+            c.hidden_dropout_prob,
+            c.pad_token_id,
+        )
         self.image = ImageEmbedder(
-            c.image_size, c.patch_size, c.num_channels, D, c.image_cls_token, c.image_position,
-            c.use_mask_token, c.hidden_dropout_prob,
-        )  # fmt: skip
+            c.image_size,
+            c.patch_size,
+            c.num_channels,
+            D,
+            c.image_cls_token,
+            c.image_position,
+            c.use_mask_token,
+            c.hidden_dropout_prob,
+        )
         tower = dict(
-            dim=D, num_heads=c.num_attention_heads, mlp_hidden=c.intermediate_size,
-            qkv_bias=c.qkv_bias, drop=c.hidden_dropout_prob,
-            attn_drop=c.attention_probs_dropout_prob, drop_path=c.drop_path_rate,
+            dim=D,
+            num_heads=c.num_attention_heads,
+            mlp_hidden=c.intermediate_size,
+            qkv_bias=c.qkv_bias,
+            drop=c.hidden_dropout_prob,
+            attn_drop=c.attention_probs_dropout_prob,
+            drop_path=c.drop_path_rate,
             norm_eps=c.layer_norm_eps,
-        )  # fmt: skip
+        )
         self.text_tower = (
             UnimodalTower(c.text_tower_layers, **tower) if c.text_tower_layers else None
         )
@@ -183,8 +199,14 @@ class OneTowerModel(OneTowerPreTrainedModel):
             )
         num_images = 1
         if pixel_values is not None and pixel_values.dim() == 5:  # (B, I, C, H, W)
-            num_images = self._check_images(pixel_values, image_segment, fuse, image_keep_ids,
-                                            bool_masked_pos, patch_attention_mask)  # fmt: skip
+            num_images = self._check_images(
+                pixel_values,
+                image_segment,
+                fuse,
+                image_keep_ids,
+                bool_masked_pos,
+                patch_attention_mask,
+            )
             pixel_values = pixel_values.flatten(0, 1)  # (B I, C, H, W): image-major per row
         else:
             self._check_segment(

@@ -69,9 +69,13 @@ class OneTowerImageProcessor(BaseImageProcessor):
     def transform(self) -> Any:
         """The timm eval transform: RGB PIL image -> float `(3, H, W)`."""
         return build_image_transform(
-            self.image_size, train=False, mean=tuple(self.image_mean), std=tuple(self.image_std),
-            crop_pct=self.crop_pct, interpolation=self.interpolation,
-        )  # fmt: skip
+            self.image_size,
+            train=False,
+            mean=tuple(self.image_mean),
+            std=tuple(self.image_std),
+            crop_pct=self.crop_pct,
+            interpolation=self.interpolation,
+        )
 
     def preprocess(  # type: ignore[override]
         self, images: ImageLike | Sequence[ImageLike], return_tensors: str | None = "pt", **_: Any
@@ -205,7 +209,7 @@ class OneTowerProcessor(ProcessorMixin):
                     max_length=max_length or self.max_text_len,
                     return_tensors=return_tensors,
                     **text_kwargs,
-                )  # fmt: skip
+                )
             )
         if images is not None:
             pixels = self.image_processor(images, return_tensors=return_tensors)["pixel_values"]

@@ -26,8 +26,16 @@ ATOL = 1e-5
 
 
 def vilt_config(**kw) -> ViltConfig:
-    base = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-                vocab_size=300, max_position_embeddings=12, image_size=32, patch_size=8)  # fmt: skip
+    base = dict(
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        vocab_size=300,
+        max_position_embeddings=12,
+        image_size=32,
+        patch_size=8,
+    )
     return ViltConfig(**{**base, **kw})
 
 
@@ -122,8 +130,10 @@ def test_task_model_base_is_converted_and_bad_inputs_are_named() -> None:
     with torch.no_grad():
         torch.testing.assert_close(
             ours(input_ids=ids, pixel_values=px).pooler_output,
-            qa.vilt(input_ids=ids, pixel_values=px).pooler_output, atol=ATOL, rtol=0,
-        )  # fmt: skip
+            qa.vilt(input_ids=ids, pixel_values=px).pooler_output,
+            atol=ATOL,
+            rtol=0,
+        )
     with pytest.raises(TypeError, match="expected a transformers ViltModel"):
         convert_vilt_to_onetower(torch.nn.Linear(2, 2))
     sd = dict(ViltModel(vilt_config()).state_dict())

@@ -59,16 +59,26 @@ def test_save_load_round_trip_is_bit_exact(tmp_path: Path) -> None:
         )
         ids = torch.randint(0, 512, (2, 7))
         px = torch.randn(2, 3, 32, 32)
-        assert torch.equal(model(input_ids=ids, pixel_values=px).last_hidden_state,
-                           loaded.eval()(input_ids=ids, pixel_values=px).last_hidden_state)  # fmt: skip
+        assert torch.equal(
+            model(input_ids=ids, pixel_values=px).last_hidden_state,
+            loaded.eval()(input_ids=ids, pixel_values=px).last_hidden_state,
+        )
     assert isinstance(AutoConfig.from_pretrained(tmp_path), OneTowerConfig)
 
 
 def test_checkpoint_of_another_architecture_is_rejected(tmp_path: Path) -> None:
     from transformers import ViltConfig, ViltModel
 
-    vilt = ViltModel(ViltConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=64, image_size=32, patch_size=8))  # fmt: skip
+    vilt = ViltModel(
+        ViltConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
+    )
     vilt.save_pretrained(tmp_path / "vilt")
     with pytest.raises(
         ValueError, match="this config is for a 'vilt' model.*convert_vilt_to_onetower"

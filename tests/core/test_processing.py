@@ -88,8 +88,13 @@ def test_text_pads_to_longest_and_truncates_at_max_text_len(processor, tokenizer
     assert (enc["input_ids"][0, 5:] == tokenizer.pad_token_id).all()
     short = processor(text=["a green triangle", "a red circle"])
     assert short["input_ids"].shape == (2, 5)  # padded to the longest, not to max_text_len
-    expected = tokenizer(["a green triangle", long], padding="longest", truncation=True,
-                         max_length=8, return_tensors="pt")  # fmt: skip
+    expected = tokenizer(
+        ["a green triangle", long],
+        padding="longest",
+        truncation=True,
+        max_length=8,
+        return_tensors="pt",
+    )
     assert torch.equal(enc["input_ids"], expected["input_ids"])
     single = processor(text="a green triangle")
     assert torch.equal(single["input_ids"], enc["input_ids"][:1, :5])

@@ -72,8 +72,9 @@ def test_run_saves_heads_and_processor_and_rebuilds(flava_run) -> None:
 def test_itm_rerank_reorders_only_the_top_k(flava_run) -> None:
     cfg, composer, tokenizer = load_pretrained_run(flava_run.output_dir)
     d = cfg.data
-    pairs = load_pairs(str(next(flava_run.output_dir.parent.glob("world/*/pairs/validation"))),
-                       split="validation")  # fmt: skip
+    pairs = load_pairs(
+        str(next(flava_run.output_dir.parent.glob("world/*/pairs/validation"))), split="validation"
+    )
     ds = build_dataset(pairs, build_image_transform(d.image_size, False))
     collate = PairCollator(tokenizer, d.max_text_len, pad_to_max_length=True)
     batches = [collate([ds[i] for i in range(j, j + 8)]) for j in (0, 8)]
@@ -83,9 +84,11 @@ def test_itm_rerank_reorders_only_the_top_k(flava_run) -> None:
     # k = N: every candidate is scored by ITM; check a row against a direct ITM call
     b = batches[0]
     with torch.no_grad():
-        out = composer.model(input_ids=torch.cat([x["input_ids"] for x in batches]),
-                             attention_mask=torch.cat([x["attention_mask"] for x in batches]),
-                             pixel_values=b["pixel_values"][:1].expand(16, -1, -1, -1))  # fmt: skip
+        out = composer.model(
+            input_ids=torch.cat([x["input_ids"] for x in batches]),
+            attention_mask=torch.cat([x["attention_mask"] for x in batches]),
+            pixel_values=b["pixel_values"][:1].expand(16, -1, -1, -1),
+        )
         logits = composer.heads["itm"].classifier(out.pooler_output)
     torch.testing.assert_close(i2t[0], logits[:, 1] - logits[:, 0], atol=1e-4, rtol=0)
     # k = 1: the top-1 is unchanged, so R@1 equals the contrastive R@1
@@ -101,8 +104,16 @@ def test_itm_rerank_reorders_only_the_top_k(flava_run) -> None:
 
 def test_evaluate_recipe(flava_run, tmp_path) -> None:
     out = tmp_path / "eval.json"
-    cfg = load_config(EvaluateConfig, [f"run_dir={flava_run.output_dir}", "itm_rerank_k=5",
-                                       "max_samples=24", "batch_size=10", f"output={out}"])  # fmt: skip
+    cfg = load_config(
+        EvaluateConfig,
+        [
+            f"run_dir={flava_run.output_dir}",
+            "itm_rerank_k=5",
+            "max_samples=24",
+            "batch_size=10",
+            f"output={out}",
+        ],
+    )
     metrics = evaluate_run(cfg)
     assert json.loads(out.read_text()) == metrics
     for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r10", "itm_rerank/i2t_r1", "zero_shot_acc"):

@@ -124,8 +124,12 @@ def test_bad_inputs() -> None:
 
 
 def _row(qid: int, answers: list[str], answer_type: str, question_type: str) -> dict:
-    return {"question_id": qid, "answers": answers, "answer_type": answer_type,
-            "question_type": question_type}  # fmt: skip
+    return {
+        "question_id": qid,
+        "answers": answers,
+        "answer_type": answer_type,
+        "question_type": question_type,
+    }
 
 
 ANNOTATIONS = [

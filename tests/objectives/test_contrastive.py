@@ -92,9 +92,15 @@ def test_matches_transformers_flava_global_contrastive():
         text_config=dict(**small, vocab_size=100, max_position_embeddings=16),
         multimodal_config=dict(**small),
         image_codebook_config=dict(hidden_size=8, num_groups=1, num_blocks_per_group=1),
-        hidden_size=32, projection_dim=16, init_codebook=False, mim_weight=0.0, mlm_weight=0.0,
-        itm_weight=0.0, mmm_image_weight=0.0, mmm_text_weight=0.0,
-    )  # fmt: skip
+        hidden_size=32,
+        projection_dim=16,
+        init_codebook=False,
+        mim_weight=0.0,
+        mlm_weight=0.0,
+        itm_weight=0.0,
+        mmm_image_weight=0.0,
+        mmm_text_weight=0.0,
+    )
     torch.manual_seed(0)
     flava = FlavaForPreTraining(cfg).train()
     with torch.no_grad():
@@ -102,9 +108,12 @@ def test_matches_transformers_flava_global_contrastive():
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 100, (6, 8), generator=g)
     out = flava(
-        input_ids=ids, input_ids_masked=ids, pixel_values=torch.randn(6, 3, 32, 32, generator=g),
-        mim_labels=torch.zeros(6, 16, dtype=torch.long), return_loss=True,
-    )  # fmt: skip
+        input_ids=ids,
+        input_ids_masked=ids,
+        pixel_values=torch.randn(6, 3, 32, 32, generator=g),
+        mim_labels=torch.zeros(6, 16, dtype=torch.long),
+        return_loss=True,
+    )
     # The same embeddings FLAVA feeds its head: projected, L2-normalised encoder CLS states.
     img = F.normalize(flava.flava.image_projection(out.image_embeddings[:, 0]), dim=-1)
     txt = F.normalize(flava.flava.text_projection(out.text_embeddings[:, 0]), dim=-1)

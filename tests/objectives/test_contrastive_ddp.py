@@ -70,10 +70,11 @@ def _worker(rank: int, port: int, path: str) -> None:
             dist.all_reduce(gr)
             gr /= WORLD
         torch.save(
-            dict(loss=loss / WORLD, grads=grads, g_text=g_text, g_image=g_image,
-                 metrics=out.metrics),
+            dict(
+                loss=loss / WORLD, grads=grads, g_text=g_text, g_image=g_image, metrics=out.metrics
+            ),
             f"{path}/rank{rank}.pt",
-        )  # fmt: skip
+        )
     finally:
         dist.destroy_process_group()
 

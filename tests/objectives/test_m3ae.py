@@ -29,8 +29,12 @@ def test_m3ae_loss_matches_loop(model_factory, batch_factory):
         image = head.decoder.mask_token[0].expand(h * w, D).clone()
         for j, n in enumerate(batch[keys.IMAGE_KEEP_IDS][b].tolist()):
             image[n] = head.decoder.embed(out.tokens("image_patches")[b, j])
-        x = torch.cat([text + sincos_1d(T, D) + head.type_embed[0],
-                       image + sincos_2d((h, w), D) + head.type_embed[1]])  # fmt: skip
+        x = torch.cat(
+            [
+                text + sincos_1d(T, D) + head.type_embed[0],
+                image + sincos_2d((h, w), D) + head.type_embed[1],
+            ]
+        )
         real = batch[keys.ATTENTION_MASK][b].bool()
         keep = torch.cat([real, torch.ones(h * w, dtype=torch.bool)])
         y, _ = head.decoder.blocks(x[None], keep[None, None, None])
@@ -60,6 +64,7 @@ def test_dropped_text_equals_masked_attention(model_factory, batch_factory):
     for b in range(2):
         for j, t in enumerate(keep[b].tolist()):
             if t >= 0:
-                torch.testing.assert_close(dropped.tokens("text")[b, j], full.tokens("text")[b, t],
-                                           atol=1e-5, rtol=0)  # fmt: skip
+                torch.testing.assert_close(
+                    dropped.tokens("text")[b, j], full.tokens("text")[b, t], atol=1e-5, rtol=0
+                )
     torch.testing.assert_close(dropped.pooler_output, full.pooler_output, atol=1e-5, rtol=0)

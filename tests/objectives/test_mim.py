@@ -99,8 +99,9 @@ class ToyCodebook(nn.Module):
 def test_token_target_cross_entropy_matches_loop(model_factory, batch_factory):
     model, batch = model_factory(use_mask_token=True), batch_factory()
     book = ToyCodebook()
-    opts = dict(target="tokens", tokenizer=book, vocab_size=8, masking="mask_token",
-                decoder_depth=0)  # fmt: skip
+    opts = dict(
+        target="tokens", tokenizer=book, vocab_size=8, masking="mask_token", decoder_depth=0
+    )
     head = build_objective("mim", model, opts, {})
     assert isinstance(head.target, TokenTarget) and not book.codes.requires_grad
     out = _encode(model, batch, "mask_token")

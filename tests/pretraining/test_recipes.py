@@ -19,9 +19,15 @@ from ..conftest import CONFIGS, debug_config
 @pytest.mark.parametrize("recipe", ["flava_like", "m3ae_like", "beit3_like", "vilt_like"])
 def test_recipe_runs_and_loss_decreases(recipe: str, tmp_path: Path, worlds) -> None:
     # 8 training pairs and batch 8: every step sees the same 8 pairs (a fixed batch)
-    cfg = debug_config(recipe, tmp_path, "data.synthetic.n_train=8", "train.log_every=1",
-                       "data.ratios.texts=0", "data.ratios.images=0",
-                       world=worlds(8))  # fmt: skip
+    cfg = debug_config(
+        recipe,
+        tmp_path,
+        "data.synthetic.n_train=8",
+        "train.log_every=1",
+        "data.ratios.texts=0",
+        "data.ratios.images=0",
+        world=worlds(8),
+    )
     result = pretrain(cfg)
     losses = [v for _, v in result.history["loss"]]
     assert len(losses) == 30 and all(math.isfinite(v) for v in losses)

@@ -21,10 +21,19 @@ MIM_ONLY = ("objectives.m3ae.text_weight=0", "train.max_steps=4", "data.syntheti
 
 
 def test_two_micro_batches_equal_one_batch(tmp_path: Path, worlds) -> None:
-    big = pretrain(debug_config("m3ae_like", tmp_path / "a", *MIM_ONLY, "data.batch_size=8",
-                                world=worlds(16)))  # fmt: skip
-    acc = pretrain(debug_config("m3ae_like", tmp_path / "b", *MIM_ONLY, "data.batch_size=4",
-                                "train.grad_accum=2", world=worlds(16)))  # fmt: skip
+    big = pretrain(
+        debug_config("m3ae_like", tmp_path / "a", *MIM_ONLY, "data.batch_size=8", world=worlds(16))
+    )
+    acc = pretrain(
+        debug_config(
+            "m3ae_like",
+            tmp_path / "b",
+            *MIM_ONLY,
+            "data.batch_size=4",
+            "train.grad_accum=2",
+            world=worlds(16),
+        )
+    )
     a = load_file(big.final_model / "model.safetensors")
     b = load_file(acc.final_model / "model.safetensors")
     for k in a:
@@ -50,8 +59,16 @@ def test_a_save_killed_midway_leaves_the_last_checkpoint(
 
     monkeypatch.setattr("onetower.training.engine.save_checkpoint", dies_while_saving)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(debug_config("vilt_like", tmp_path, *cfg[:2], "train.save_every=6", "run.resume=latest",
-                              world=worlds(16)))  # fmt: skip
+        pretrain(
+            debug_config(
+                "vilt_like",
+                tmp_path,
+                *cfg[:2],
+                "train.save_every=6",
+                "run.resume=latest",
+                world=worlds(16),
+            )
+        )
     # the half-written folder is never mistaken for a checkpoint; the last good one resumes
     assert resolve_resume(first.output_dir, "latest").name == "step_4"
     monkeypatch.undo()

@@ -15,8 +15,14 @@ from onetower.training import list_checkpoints
 from ..conftest import debug_config
 
 # mixed sources (text-only batches too), ITM negatives and MLM masks all in play
-COMMON = ("train.max_steps=8", "train.save_every=3", "train.keep_last=2", "train.log_every=1",
-          "data.ratios.texts=0.5", "data.synthetic.n_train=24")  # fmt: skip
+COMMON = (
+    "train.max_steps=8",
+    "train.save_every=3",
+    "train.keep_last=2",
+    "train.log_every=1",
+    "data.ratios.texts=0.5",
+    "data.synthetic.n_train=24",
+)
 
 
 @pytest.mark.parametrize("recipe", ["vilt_like", "flava_like"])

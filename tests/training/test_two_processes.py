@@ -23,14 +23,21 @@ from ..conftest import CONFIGS, RECIPES, debug_config
 # MIM with visible-only encoding at a fixed ratio: every sample has the same number of masked
 # patches, so the mean of the two ranks' losses IS the global-batch loss, and DDP's gradient
 # average equals the one-process gradient. (Per-rank means over unequal MLM counts would not.)
-OVERRIDES = ("objectives.m3ae.text_weight=0", "train.max_steps=6", "train.log_every=1",
-             "data.synthetic.n_train=32")  # fmt: skip
+OVERRIDES = (
+    "objectives.m3ae.text_weight=0",
+    "train.max_steps=6",
+    "train.log_every=1",
+    "data.synthetic.n_train=32",
+)
 
 
 @pytest.mark.slow
 def test_two_cpu_processes_match_one_process(tmp_path: Path, worlds) -> None:
-    one = pretrain(debug_config("m3ae_like", tmp_path / "one", *OVERRIDES, "data.batch_size=16",
-                                world=worlds(32)))  # fmt: skip
+    one = pretrain(
+        debug_config(
+            "m3ae_like", tmp_path / "one", *OVERRIDES, "data.batch_size=16", world=worlds(32)
+        )
+    )
 
     out = tmp_path / "two" / "m3ae_like"
     env = {
@@ -39,11 +46,27 @@ def test_two_cpu_processes_match_one_process(tmp_path: Path, worlds) -> None:
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
     }
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(RECIPES / "m3ae_like.py"), "--config", str(CONFIGS / "debug" / "m3ae_like.yaml"),
-           f"run.output_dir={out}", f"data.synthetic.root={worlds(32)}", "data.batch_size=8",
-           *OVERRIDES]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(RECIPES / "m3ae_like.py"),
+        "--config",
+        str(CONFIGS / "debug" / "m3ae_like.yaml"),
+        f"run.output_dir={out}",
+        f"data.synthetic.root={worlds(32)}",
+        "data.batch_size=8",
+        *OVERRIDES,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
 

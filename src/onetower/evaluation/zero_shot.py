@@ -165,8 +165,10 @@ def zero_shot_classify(
     )
     pred = (img @ class_emb.t()).argmax(1)  # (N,)
     truth = torch.tensor([classes.index(y) for y in labels])
-    out = {"zero_shot_acc": 100.0 * float((pred == truth).float().mean()),
-           "zero_shot_chance": 100.0 / len(classes)}  # fmt: skip
+    out = {
+        "zero_shot_acc": 100.0 * float((pred == truth).float().mean()),
+        "zero_shot_chance": 100.0 / len(classes),
+    }
     for i, c in enumerate(classes):
         if (sel := truth == i).any():
             out[f"zero_shot_acc/{c}"] = 100.0 * float((pred[sel] == i).float().mean())
@@ -235,8 +237,15 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
         images, labels = _zero_shot_set(cfg, pairs, transform, cfg.max_samples, users)
         classes = list(cfg.zero_shot.classes or sorted(set(labels)))
         pixels = torch.stack([s["pixel_values"] for s in images])
-        metrics |= zero_shot_classify(composer, tokenizer, d.max_text_len, pixels, labels,
-                                      classes, list(cfg.zero_shot.templates))  # fmt: skip
+        metrics |= zero_shot_classify(
+            composer,
+            tokenizer,
+            d.max_text_len,
+            pixels,
+            labels,
+            classes,
+            list(cfg.zero_shot.templates),
+        )
     out = Path(cfg.output or Path(cfg.run_dir) / "eval_metrics.json")
     out.write_text(json.dumps(metrics, indent=1))
     width = max(map(len, metrics))

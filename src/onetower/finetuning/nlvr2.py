@@ -26,12 +26,21 @@ class NLVR2Task:
     model_class = OneTowerForImagesAndTextClassification
     default_train, default_eval = "train", ["dev"]
 
-    def build(self, cfg: DictConfig, root: Path, tokenizer: Any, image_size: int,
-              max_len: int, transforms: dict, init_labels: dict[int, str] | None) -> TaskData:  # fmt: skip
+    def build(
+        self,
+        cfg: DictConfig,
+        root: Path,
+        tokenizer: Any,
+        image_size: int,
+        max_len: int,
+        transforms: dict,
+        init_labels: dict[int, str] | None,
+    ) -> TaskData:
         t, counter = cfg.task, SkipCounter(max_bad_fraction=cfg.data.max_bad_fraction)
         seed = cfg.run.seed
-        train = build_nlvr2_dataset(root, t.train_split or self.default_train,
-                                    transforms["train"], counter, seed)  # fmt: skip
+        train = build_nlvr2_dataset(
+            root, t.train_split or self.default_train, transforms["train"], counter, seed
+        )
         evals, annotations = {}, {}
         for split in t.eval_splits or self.default_eval:
             ds = build_nlvr2_dataset(root, split, transforms["eval"], counter, seed)
@@ -41,8 +50,9 @@ class NLVR2Task:
             annotations[split] = {"identifier": ds.data["identifier"], "label": ds.data["label"]}
         if init_labels is not None and init_labels != NLVR2_LABELS:
             raise ConfigError(f"{cfg.init} has labels {init_labels}, NLVR2 needs {NLVR2_LABELS}")
-        return TaskData(train, evals, NLVR2_LABELS, NLVR2Collator(tokenizer, max_len),
-                        annotations, counter)  # fmt: skip
+        return TaskData(
+            train, evals, NLVR2_LABELS, NLVR2Collator(tokenizer, max_len), annotations, counter
+        )
 
     @staticmethod
     def predict(model: TaskModel, batch: dict[str, torch.Tensor]) -> dict[int, str]:

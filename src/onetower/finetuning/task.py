@@ -88,11 +88,17 @@ def resolve_data(
         s = d.synthetic
         with accelerator.main_process_first():
             world = synthetic_world_under(
-                s.root, seed=s.seed, n_train=64, n_val=16,
-                image_size=config.image_size, text_length=config.max_text_len,
-                vqa_train=s.vqa_train, vqa_val=s.vqa_val,
-                nlvr2_train=s.nlvr2_train, nlvr2_val=s.nlvr2_val,
-            )  # fmt: skip
+                s.root,
+                seed=s.seed,
+                n_train=64,
+                n_val=16,
+                image_size=config.image_size,
+                text_length=config.max_text_len,
+                vqa_train=s.vqa_train,
+                vqa_val=s.vqa_val,
+                nlvr2_train=s.nlvr2_train,
+                nlvr2_val=s.nlvr2_val,
+            )
         root = world.vqa_dir if task == "vqa" else world.nlvr2_dir
         tok = tok or str(world.tokenizer_dir)
     if tok is None or not Path(tok).exists():
@@ -132,15 +138,22 @@ def build_task_model(
 
 
 @torch.no_grad()
-def evaluate_task(model: TaskModel, task: FinetuneSpec, data: TaskData, cfg: DictConfig,
-                  out_dir: Path, device: torch.device) -> dict[str, float]:  # fmt: skip
+def evaluate_task(
+    model: TaskModel,
+    task: FinetuneSpec,
+    data: TaskData,
+    cfg: DictConfig,
+    out_dir: Path,
+    device: torch.device,
+) -> dict[str, float]:
     """Predict every eval split, write its predictions file, return ``{split/metric: value}``."""
     was_training = model.training
     model.eval()
     metrics: dict[str, float] = {}
     for split, dataset in data.evals.items():
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size,
-                                             collate_fn=data.collate)  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=cfg.eval.batch_size, collate_fn=data.collate
+        )
         predictions: dict[int, str] = {}
         for batch in loader:
             if batch:
@@ -156,9 +169,12 @@ def save_processor(folder: Path, tokenizer: Any, config: OneTowerConfig, d: Dict
     """Save the processor (tokenizer + the eval image transform) with the model, so the
     folder answers questions about image files on its own."""
     processor = OneTowerProcessor.from_config(
-        tokenizer, image_size=config.image_size, mean=list(d.mean), std=list(d.std),
+        tokenizer,
+        image_size=config.image_size,
+        mean=list(d.mean),
+        std=list(d.std),
         max_text_len=config.max_text_len,
-    )  # fmt: skip
+    )
     processor.save_pretrained(str(folder))
 
 
@@ -209,11 +225,15 @@ class FinetuneTask:
             model, t.weight_decay, t.lr, model.head_prefixes, cfg.task.head_lr_mult
         )
         loader = torch.utils.data.DataLoader(
-            data.train, batch_size=d.batch_size, shuffle=True, drop_last=True,
-            collate_fn=data.collate, num_workers=d.num_workers,
+            data.train,
+            batch_size=d.batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=data.collate,
+            num_workers=d.num_workers,
             generator=torch.Generator().manual_seed(cfg.run.seed),
             persistent_workers=d.num_workers > 0,
-        )  # fmt: skip
+        )
         return Built(model, groups, {"train": loader}, {"train": 1.0}, d.batch_size)
 
     def step(self, module: nn.Module, batch: Mapping[str, Any], ctx: StepContext) -> StepOutput:

@@ -25,8 +25,16 @@ class VQATask:
     model_class = OneTowerForQuestionAnswering
     default_train, default_eval = "train2014", ["val2014"]
 
-    def build(self, cfg: DictConfig, root: Path, tokenizer: Any, image_size: int,
-              max_len: int, transforms: dict, init_labels: dict[int, str] | None) -> TaskData:  # fmt: skip
+    def build(
+        self,
+        cfg: DictConfig,
+        root: Path,
+        tokenizer: Any,
+        image_size: int,
+        max_len: int,
+        transforms: dict,
+        init_labels: dict[int, str] | None,
+    ) -> TaskData:
         t, counter = cfg.task, SkipCounter(max_bad_fraction=cfg.data.max_bad_fraction)
         train = read_vqa(root, t.train_split or self.default_train)
         check_images(train.dataset, root, ("image",), "question_id")
@@ -45,15 +53,23 @@ class VQATask:
                 labels_match(init_labels, id2label, cfg.init)
             id2label = init_labels  # evaluation only: score with the checkpoint's answers
         vocab = [id2label[i] for i in range(len(id2label))]
-        train_set = build_dataset(add_targets(train, vocab, True, normalize_answer),
-                                  transforms["train"], counter, cfg.run.seed)  # fmt: skip
+        train_set = build_dataset(
+            add_targets(train, vocab, True, normalize_answer),
+            transforms["train"],
+            counter,
+            cfg.run.seed,
+        )
         evals, annotations = {}, {}
         for split in t.eval_splits or self.default_eval:
             src = read_vqa(root, split)
             check_images(src.dataset, root, ("image",), "question_id")
             src = limit(src, cfg.eval.max_samples)
-            evals[split] = build_dataset(add_targets(src, vocab, False, normalize_answer),
-                                         transforms["eval"], counter, cfg.run.seed)  # fmt: skip
+            evals[split] = build_dataset(
+                add_targets(src, vocab, False, normalize_answer),
+                transforms["eval"],
+                counter,
+                cfg.run.seed,
+            )
             annotations[split] = [r for r in src.dataset.remove_columns("image") if r["answers"]]
         collate = VQACollator(tokenizer, max_len, len(vocab))
         return TaskData(train_set, evals, id2label, collate, annotations, counter)

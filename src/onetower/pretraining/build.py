@@ -28,9 +28,11 @@ def build_model(cfg: DictConfig, tokenizer: Any) -> OneTowerModel:
         model = OneTowerModel.from_pretrained(init)
     else:
         defaults = dict(
-            vocab_size=len(tokenizer), max_text_len=cfg.data.max_text_len,
-            image_size=cfg.data.image_size, pad_token_id=tokenizer.pad_token_id,
-        )  # fmt: skip
+            vocab_size=len(tokenizer),
+            max_text_len=cfg.data.max_text_len,
+            image_size=cfg.data.image_size,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         try:
             config = (
                 OneTowerConfig.from_size(size, **{**defaults, **fields})

@@ -83,9 +83,13 @@ def resolve_sources(cfg: DictConfig, accelerator: Accelerator) -> tuple[dict[str
     s = d.synthetic
     with accelerator.main_process_first():
         world = synthetic_world_under(
-            s.root, seed=s.seed, n_train=s.n_train, n_val=s.n_val,
-            image_size=d.image_size, text_length=d.max_text_len,
-        )  # fmt: skip
+            s.root,
+            seed=s.seed,
+            n_train=s.n_train,
+            n_val=s.n_val,
+            image_size=d.image_size,
+            text_length=d.max_text_len,
+        )
     paths["pairs"] = str(world.split_dir("train"))
     paths["val_pairs"] = paths["val_pairs"] or str(world.split_dir("validation"))
     paths["tokenizer"] = paths["tokenizer"] or str(world.tokenizer_dir)
@@ -137,10 +141,14 @@ def build_data(cfg: DictConfig, accelerator: Accelerator) -> PretrainData:
             _source(name, paths, pairs), train_tf if name != "texts" else None, counter, seed
         )
         loaders[name] = torch.utils.data.DataLoader(
-            dataset, batch_size=d.batch_size, shuffle=True, drop_last=True,
-            collate_fn=collators[name], num_workers=d.num_workers,
+            dataset,
+            batch_size=d.batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=collators[name],
+            num_workers=d.num_workers,
             generator=torch.Generator().manual_seed(seed),
             persistent_workers=d.num_workers > 0,
-        )  # fmt: skip
+        )
     val = build_dataset(load_pairs(paths["val_pairs"], split="validation"), eval_tf, counter, seed)
     return PretrainData(tokenizer, loaders, ratios, val, counter, card)

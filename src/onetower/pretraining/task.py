@@ -96,9 +96,12 @@ class PretrainTask:
         self.data.tokenizer.save_pretrained(str(folder))
         save_heads(module, folder)
         processor = OneTowerProcessor.from_config(
-            self.data.tokenizer, module.model.config.image_size, d.max_text_len,
-            mean=list(d.mean), std=list(d.std),
-        )  # fmt: skip
+            self.data.tokenizer,
+            module.model.config.image_size,
+            d.max_text_len,
+            mean=list(d.mean),
+            std=list(d.std),
+        )
         processor.save_pretrained(str(folder))
 
     def finish(self, module: nn.Module, accelerator: Accelerator, info: RunInfo) -> dict[str, Any]:
@@ -107,9 +110,13 @@ class PretrainTask:
         if n > 0 and len(data.val):
             batch, _ = next(eval_batches(data.val, data.tokenizer, cfg.data.max_text_len, n, n))
             path = reconstructions(
-                module, batch, self.masker, tuple(cfg.data.mean), tuple(cfg.data.std),
+                module,
+                batch,
+                self.masker,
+                tuple(cfg.data.mean),
+                tuple(cfg.data.std),
                 info.output_dir / "reconstructions.png",
-            )  # fmt: skip
+            )
             if path is not None:
                 info.files["reconstructions"] = path
         summary = summarise(cfg.run.recipe, info.metrics, info)

@@ -431,15 +431,18 @@ def describe_config(
         (e for e in entries if not e.section and isinstance(e.default, (int, float, str))),
         None,
     )
-    fill = functools.partial(textwrap.fill, width=width, break_long_words=False,
-                             break_on_hyphens=False)  # fmt: skip
+    fill = functools.partial(
+        textwrap.fill, width=width, break_long_words=False, break_on_hyphens=False
+    )
     out = [f"usage: {prog} [-h] [--config FILE] [key=value ...]", ""]
-    out.append(fill(
-        f"Builds the {cls.__name__} config: the schema's defaults, then the YAML file"
-        f" (--config FILE, else {str(yaml_path) if yaml_path else 'none'}), then key=value"
-        " overrides: dotted keys, values in YAML syntax"
-        + (f" (e.g. {example.key}={_fmt(example.default)})." if example else ".")
-    ))  # fmt: skip
+    out.append(
+        fill(
+            f"Builds the {cls.__name__} config: the schema's defaults, then the YAML file"
+            f" (--config FILE, else {str(yaml_path) if yaml_path else 'none'}), then key=value"
+            " overrides: dotted keys, values in YAML syntax"
+            + (f" (e.g. {example.key}={_fmt(example.default)})." if example else ".")
+        )
+    )
     out += [
         "",
         "options:",
@@ -474,8 +477,11 @@ def describe_config(
             out.append(f"{line}  {mark}" if mark else line)
         out += _wrap(e.meaning, width, "      ")
     if yflat:
-        out += ["", fill(
-            f"{source} also sets keys the schema lacks (loading it fails on them): "
-            + ", ".join(yflat)
-        )]  # fmt: skip
+        out += [
+            "",
+            fill(
+                f"{source} also sets keys the schema lacks (loading it fails on them): "
+                + ", ".join(yflat)
+            ),
+        ]
     return "\n".join(out)

@@ -99,9 +99,16 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
             micro_step = state.step * t.grad_accum + micro
             source, batch = stream.next(micro_step)
             ctx = StepContext(
-                state.step, micro, micro_step, rank, world, micro * world + rank,
-                t.grad_accum * world, cfg.run.seed, source,
-            )  # fmt: skip
+                state.step,
+                micro,
+                micro_step,
+                rank,
+                world,
+                micro * world + rank,
+                t.grad_accum * world,
+                cfg.run.seed,
+                source,
+            )
             with accelerator.accumulate(module):
                 with accelerator.autocast():
                     out = task.step(module, batch, ctx)
