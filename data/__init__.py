@@ -18,7 +18,6 @@ from onetower.data.masking import (
     random_patch_mask,
     sample_mask_ratios,
 )
-from onetower.data.mixing import MixedBatch, MixedBatches
 from onetower.data.nlvr2 import read_nlvr2
 from onetower.data.pipeline import (
     CachedDataset,
@@ -54,8 +53,6 @@ __all__ = [
     "CachedDataset",
     "MapDataset",
     "MaskedTokens",
-    "MixedBatch",
-    "MixedBatches",
     "PairCollator",
     "PatchMask",
     "PatchMasking",
