@@ -89,7 +89,8 @@ class WorkerGenerator:
 
 
 class TextCollator:
-    """Tokenise and pad texts; optionally add MLM corruption.
+    """Tokenise and pad texts (``input_ids``, ``attention_mask``, ``word_ids``); optionally add
+    MLM corruption.
 
     Args:
         tokenizer: a fast tokenizer with [CLS]/[SEP]/[PAD]/[MASK].
@@ -126,15 +127,20 @@ class TextCollator:
             return_tensors="pt",
             return_special_tokens_mask=True,
         )
-        batch = {keys.INPUT_IDS: enc["input_ids"], keys.ATTENTION_MASK: enc["attention_mask"]}
+        # Word bounds come from the tokenizer's pre-tokenisation, the only source that is right
+        # for every sub-word scheme; the ids alone cannot tell (BPE / SentencePiece pieces carry
+        # no continuation mark). Special tokens and padding have no word (None -> -1); special
+        # tokens written in the text are -1 too.
+        words = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(texts))]
+        word_ids = torch.tensor(words, dtype=torch.long)
+        word_ids = word_ids.masked_fill(enc["special_tokens_mask"].bool(), -1)
+        batch = {
+            keys.INPUT_IDS: enc["input_ids"],
+            keys.ATTENTION_MASK: enc["attention_mask"],
+            keys.WORD_IDS: word_ids,
+        }
         if self.mlm is not None:
             special = enc["special_tokens_mask"].bool() | ~enc["attention_mask"].bool()
-            word_ids = None
-            if self.mlm.whole_word:
-                rows = [
-                    [-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(texts))
-                ]
-                word_ids = torch.tensor(rows).masked_fill(special, -1)
             masked = mask_tokens(
                 enc["input_ids"],
                 special,
@@ -144,7 +150,7 @@ class TextCollator:
                 self.mlm.probability,
                 self.mlm.mask_replace,
                 self.mlm.random_replace,
-                word_ids,
+                word_ids if self.mlm.whole_word else None,
             )
             batch[keys.MLM_INPUT_IDS], batch[keys.MLM_LABELS] = masked.input_ids, masked.labels
         return batch

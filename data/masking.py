@@ -32,9 +32,21 @@ class PatchMask:
 
 
 def _select_words(word_ids: torch.Tensor, draw: torch.Tensor, probability: float) -> torch.Tensor:
-    """Select whole words: each word's first token draws, the other tokens copy it."""
+    """Select whole words: each word's first token draws, the other tokens copy it.
+
+    Args:
+        word_ids: long `(B, T)` word index per token, -1 = never selected. A word is a run of
+            equal ids within a row, so indices may restart in every row (as ``word_ids()``
+            do) and only need to differ between neighbouring words.
+        draw: float `(B, T)` uniform draws; only those at a word's first token are used.
+        probability: selection probability per word.
+
+    Returns:
+        bool `(B, T)` selected tokens.
+    """
     t = word_ids.shape[1]
     valid = word_ids >= 0
+    # Row starts are word starts: the pad column is -1 in every row.
     prev = torch.nn.functional.pad(word_ids[:, :-1], (1, 0), value=-1)
     first = valid & (word_ids != prev)
     group = (first.long().cumsum(1) - 1).clamp_min(0)  # (B, T) slot of each token's word

@@ -1,4 +1,5 @@
-"""Collators: keys and shapes of the batch contract, determinism, worker-distinct masks."""
+"""Collators: keys and shapes of the batch contract, word ids, determinism, worker-distinct
+masks."""
 
 from __future__ import annotations
 
@@ -67,6 +68,29 @@ def test_whole_word_masking_with_the_tokenizer(tokenizer):
             assert sel.all() or not sel.any()
 
 
+def test_word_ids_are_the_tokenizers(tokenizer):
+    """``word_ids`` long `(B, T)`: the fast tokenizer's word_ids(), -1 on special / padding,
+    in text-only and paired batches alike (truncation included). An unknown word ([UNK])
+    keeps its word id: it is a word of the text (BatchMasker never selects [UNK])."""
+    texts = [s["text"] for s in _samples()]
+    for collate in (TextCollator(tokenizer, 12), PairCollator(tokenizer, 12)):
+        batch = collate(_samples())
+        enc = tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=12,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        )
+        expected = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(6)]
+        assert batch[keys.WORD_IDS].dtype == torch.long
+        assert batch[keys.WORD_IDS].tolist() == expected
+        added = enc["special_tokens_mask"].bool() | ~enc["attention_mask"].bool()
+        assert torch.equal(batch[keys.WORD_IDS] == -1, added)
+        assert (batch[keys.INPUT_IDS] == tokenizer.unk_token_id).any()  # "zebras": z unknown
+
+
 def test_same_seed_same_batches_with_workers(world, tokenizer, cache_dir):
     src = load_pairs(world.pairs_dir, cache_dir=cache_dir)
     ds = build_dataset(src, build_image_transform(32, train=True), seed=0)
@@ -94,10 +118,8 @@ def test_same_seed_same_batches_with_workers(world, tokenizer, cache_dir):
 
 def test_text_only_and_image_only_keys(tokenizer):
     text = TextCollator(tokenizer, 8, pad_to_max_length=True)(_samples())
-    assert set(text) == {keys.INPUT_IDS, keys.ATTENTION_MASK} and text[keys.INPUT_IDS].shape == (
-        6,
-        8,
-    )
+    assert set(text) == {keys.INPUT_IDS, keys.ATTENTION_MASK, keys.WORD_IDS}
+    assert text[keys.INPUT_IDS].shape == text[keys.WORD_IDS].shape == (6, 8)
     image = ImageCollator(PatchMasking((4, 4), ratio_range=(0.25, 0.75)), seed=0)(_samples())
     assert set(image) == {keys.PIXEL_VALUES, keys.IMAGE_IDS, keys.MIM_MASK, keys.IMAGE_KEEP_IDS}
     kept = (image[keys.IMAGE_KEEP_IDS] >= 0).sum(1)

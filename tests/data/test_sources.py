@@ -55,6 +55,7 @@ def test_same_batches_in_memory_streaming_webdataset(world, tokenizer, cache_dir
     assert len(ref) == 6 and set(ref[0]) == {
         keys.INPUT_IDS,
         keys.ATTENTION_MASK,
+        keys.WORD_IDS,
         keys.PIXEL_VALUES,
         keys.IMAGE_IDS,
         keys.MLM_INPUT_IDS,
@@ -125,7 +126,7 @@ def test_text_only_and_image_only_sources(world, tokenizer, cache_dir, tmp_path)
         load_images(world.split_dir("validation"), cache_dir=cache_dir),
         build_image_transform(32, False),
     )
-    text_keys = {keys.INPUT_IDS, keys.ATTENTION_MASK}
+    text_keys = {keys.INPUT_IDS, keys.ATTENTION_MASK, keys.WORD_IDS}
     for batch in torch.utils.data.DataLoader(texts, 4, collate_fn=TextCollator(tokenizer, 24)):
         assert set(batch) == text_keys
     image_keys = {keys.PIXEL_VALUES, keys.IMAGE_IDS}
