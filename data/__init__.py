@@ -1,17 +1,12 @@
 """Datasets, transforms, collators, masking and the synthetic world (knows no model)."""
 
 from onetower.data import keys
-from onetower.data.collators import (
-    ImageCollator,
-    PairCollator,
-    PatchMasking,
-    TextCollator,
-    TextMasking,
-    WorkerGenerator,
-)
+from onetower.data.collators import ImageCollator, PairCollator, TextCollator
 from onetower.data.masking import (
     MaskedTokens,
     PatchMask,
+    PatchMasking,
+    TextMasking,
     block_mask,
     keep_ids_from_mask,
     mask_tokens,
@@ -64,7 +59,6 @@ __all__ = [
     "SyntheticWorld",
     "TextCollator",
     "TextMasking",
-    "WorkerGenerator",
     "WorldSpec",
     "answer_vocab",
     "block_mask",

@@ -3,7 +3,7 @@
 The training loop masks each batch on the main process with a generator seeded from
 ``(seed, step, rank)``: masks then do not depend on DataLoader workers or on how far an
 iterator has run, which is what makes a resumed run bit-identical to an uninterrupted one.
-(The collators' own masking, with a per-process generator, suits evaluation and ad-hoc use.)
+This is the only masking path; the collators draw no randomness.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from onetower.data import keys
-from onetower.data.collators import PatchMasking, TextMasking
-from onetower.data.masking import keep_ids_from_mask, mask_tokens
+from onetower.data.masking import PatchMasking, TextMasking, keep_ids_from_mask, mask_tokens
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:

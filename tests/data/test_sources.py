@@ -28,12 +28,15 @@ from onetower.data import (
     load_webdataset,
     write_webdataset_shards,
 )
+from onetower.data.batch_masking import BatchMasker, step_generator
 
 
 def _batches(source, tokenizer, batch_size=8, train=True):
+    """The loader's batches, masked per step as the training loop masks them."""
     ds = build_dataset(source, build_image_transform(32, train=train), seed=5)
-    collate = PairCollator(tokenizer, 24, TextMasking(), PatchMasking((4, 4), 0.5), seed=11)
-    return list(torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate))
+    loader = torch.utils.data.DataLoader(ds, batch_size, collate_fn=PairCollator(tokenizer, 24))
+    masker = BatchMasker(tokenizer, TextMasking(), PatchMasking((4, 4), 0.5))
+    return [masker(b, step_generator(11, step)) for step, b in enumerate(loader)]
 
 
 def _assert_same(a, b):
