@@ -28,8 +28,9 @@ CORPUS = [
     "somewhere a tiny square rotated counterclockwise",
     "red",
 ]
-MAX_LENGTH = 48  # the longest text (WordPiece, character pieces) is 46 tokens: no truncation
-DRAWS = 32  # different words select differently in some draw unless p^32-unlucky
+MAX_LENGTH = 48  # room for the longest text: 46 tokens in WordPiece's character pieces
+# Two different words select alike in all draws with probability 2**-32 at p = 0.5.
+DRAWS = 32
 
 
 def _byte_level_bpe() -> Tokenizer:
