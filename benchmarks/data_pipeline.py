@@ -28,13 +28,16 @@ from onetower.data import (
     load_tokenizer,
     write_synthetic_world,
 )
+from onetower.data.batch_masking import BatchMasker, step_generator
 
 
 def loader_rate(world, tokenizer, image_size: int, batch: int, workers: int) -> float:
     src = load_pairs(world.pairs_dir, "train", cache_dir=str(world.root / "hf_cache"))
     ds = build_dataset(src, build_image_transform(image_size, train=True), seed=0)
     grid = (image_size // 16, image_size // 16)
-    collate = PairCollator(tokenizer, 24, TextMasking(), PatchMasking(grid, 0.75), seed=0)
+    collate = PairCollator(tokenizer, 24, pad_to_max_length=True)
+    # masks are drawn on the main process per step, as the training loop draws them
+    masker = BatchMasker(tokenizer, TextMasking(), PatchMasking(grid, 0.75))
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate,
         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0),
@@ -42,8 +45,8 @@ def loader_rate(world, tokenizer, image_size: int, batch: int, workers: int) -> 
     for _ in loader:  # warm-up epoch: worker start-up, file cache
         pass
     start, n = time.perf_counter(), 0
-    for b in loader:
-        n += b[keys.PIXEL_VALUES].shape[0]
+    for step, b in enumerate(loader):
+        n += masker(b, step_generator(0, step))[keys.PIXEL_VALUES].shape[0]
     return n / (time.perf_counter() - start)
 
 

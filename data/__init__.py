@@ -1,24 +1,18 @@
 """Datasets, transforms, collators, masking and the synthetic world (knows no model)."""
 
 from onetower.data import keys
-from onetower.data.collators import (
-    ImageCollator,
-    PairCollator,
-    PatchMasking,
-    TextCollator,
-    TextMasking,
-    WorkerGenerator,
-)
+from onetower.data.collators import ImageCollator, PairCollator, TextCollator
 from onetower.data.masking import (
     MaskedTokens,
     PatchMask,
+    PatchMasking,
+    TextMasking,
     block_mask,
     keep_ids_from_mask,
     mask_tokens,
     random_patch_mask,
     sample_mask_ratios,
 )
-from onetower.data.mixing import MixedBatch, MixedBatches
 from onetower.data.nlvr2 import read_nlvr2
 from onetower.data.pipeline import (
     CachedDataset,
@@ -54,8 +48,6 @@ __all__ = [
     "CachedDataset",
     "MapDataset",
     "MaskedTokens",
-    "MixedBatch",
-    "MixedBatches",
     "PairCollator",
     "PatchMask",
     "PatchMasking",
@@ -67,7 +59,6 @@ __all__ = [
     "SyntheticWorld",
     "TextCollator",
     "TextMasking",
-    "WorkerGenerator",
     "WorldSpec",
     "answer_vocab",
     "block_mask",

@@ -3,7 +3,7 @@
 The training loop masks each batch on the main process with a generator seeded from
 ``(seed, step, rank)``: masks then do not depend on DataLoader workers or on how far an
 iterator has run, which is what makes a resumed run bit-identical to an uninterrupted one.
-(The collators' own masking, with a per-process generator, suits evaluation and ad-hoc use.)
+This is the only masking path; the collators draw no randomness.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from onetower.data import keys
-from onetower.data.collators import PatchMasking, TextMasking
-from onetower.data.masking import keep_ids_from_mask, mask_tokens
+from onetower.data.masking import PatchMasking, TextMasking, keep_ids_from_mask, mask_tokens
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -24,6 +23,11 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 class BatchMasker:
     """Add MLM (``mlm_input_ids``, ``mlm_labels``) and MIM (``bool_masked_pos``,
     ``image_keep_ids``) keys to a batch that has none.
+
+    Whole-word masking (``TextMasking(whole_word=True)``) reads the words from the batch's
+    ``keys.WORD_IDS``, which ``TextCollator`` / ``PairCollator`` take from the tokenizer's own
+    ``word_ids()``: right for any sub-word scheme, where reading word starts off the ids
+    (e.g. WordPiece's ``##``) would silently mask single pieces of BPE / SentencePiece words.
 
     Args:
         tokenizer: the fast tokenizer the batch was made with.
@@ -42,22 +46,10 @@ class BatchMasker:
     ) -> None:
         self.text, self.patch, self.drop_text = text, patch, drop_text
         self.mask_token_id = tokenizer.mask_token_id
-        vocab = tokenizer.get_vocab()
-        size = max(vocab.values()) + 1
+        size = max(tokenizer.get_vocab().values()) + 1
         self.special = torch.zeros(size, dtype=torch.bool)
         self.special[torch.tensor(sorted(set(tokenizer.all_special_ids)))] = True
-        # WordPiece continuation pieces ("##s") belong to the previous token's word: word
-        # boundaries come from the ids alone, with no re-tokenisation.
-        self.continues = torch.zeros(size, dtype=torch.bool)
-        for token, i in vocab.items():
-            self.continues[i] = token.startswith("##")
         self.replacement_ids = (~self.special).nonzero().squeeze(1)
-
-    def word_ids(self, input_ids: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
-        """long `(B, T)` word index per token (-1 for special / padding)."""
-        starts = ~self.continues[input_ids] & ~special
-        ids = starts.long().cumsum(1) - 1  # (B, T)
-        return ids.masked_fill(special, -1)
 
     def __call__(
         self,
@@ -73,6 +65,9 @@ class BatchMasker:
         whole global batch (from the same generator in every slot) and each slot keeps its
         rows, so the masks equal those of one pass over the global batch. Slots are processes
         and / or gradient-accumulation micro-batches. Text must be padded to a fixed length.
+
+        Raises:
+            ValueError: whole-word masking of a text batch without ``keys.WORD_IDS``.
         """
         out = dict(batch)
         if self.text is not None and keys.INPUT_IDS in batch:
@@ -80,12 +75,30 @@ class BatchMasker:
             special = self.special[ids.cpu()]
             if keys.ATTENTION_MASK in batch:
                 special |= ~batch[keys.ATTENTION_MASK].cpu().bool()
-            full_ids, full_special = self._globalise(ids.cpu(), special, rank, world_size)
-            words = self.word_ids(full_ids, full_special) if self.text.whole_word else None
+            full_ids = _globalise(ids.cpu(), 0, rank, world_size)
+            full_special = _globalise(special, True, rank, world_size)
+            words = None
+            if self.text.whole_word:
+                if keys.WORD_IDS not in batch:
+                    raise ValueError(
+                        f"whole-word masking needs the batch key {keys.WORD_IDS!r} "
+                        "(keys.WORD_IDS: the tokenizer's word_ids(), added by TextCollator / "
+                        f"PairCollator); the batch has {sorted(batch)}"
+                    )
+                # Special and padding tokens never belong to a word, whatever the batch says.
+                local = batch[keys.WORD_IDS].cpu().masked_fill(special, -1)
+                words = _globalise(local, -1, rank, world_size)
             masked = mask_tokens(
-                full_ids, full_special, generator, self.mask_token_id, self.replacement_ids,
-                self.text.probability, self.text.mask_replace, self.text.random_replace, words,
-            )  # fmt: skip
+                full_ids,
+                full_special,
+                generator,
+                self.mask_token_id,
+                self.replacement_ids,
+                self.text.probability,
+                self.text.mask_replace,
+                self.text.random_replace,
+                words,
+            )
             rows = slice(rank * ids.shape[0], (rank + 1) * ids.shape[0])
             out[keys.MLM_INPUT_IDS] = masked.input_ids[rows].to(ids.device)
             out[keys.MLM_LABELS] = masked.labels[rows].to(ids.device)
@@ -103,15 +116,13 @@ class BatchMasker:
             out[keys.IMAGE_KEEP_IDS] = mask.keep_ids[rows].to(px.device)
         return out
 
-    def _globalise(
-        self, ids: torch.Tensor, special: torch.Tensor, rank: int, world_size: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Place the local rows `(B, T)` at their slot of an all-special `(world * B, T)` batch."""
-        if world_size == 1:
-            return ids, special
-        B, T = ids.shape
-        full_ids = ids.new_zeros(world_size * B, T)
-        full_special = special.new_ones(world_size * B, T)
-        full_ids[rank * B : (rank + 1) * B] = ids
-        full_special[rank * B : (rank + 1) * B] = special
-        return full_ids, full_special
+
+def _globalise(x: torch.Tensor, fill: int | bool, rank: int, world_size: int) -> torch.Tensor:
+    """Place the local rows `(B, T)` at slot ``rank`` of a `(world_size * B, T)` tensor whose
+    other slots are ``fill`` (padding: never selected, and no draws depend on their content)."""
+    if world_size == 1:
+        return x
+    B = x.shape[0]
+    full = x.new_full((world_size * B, *x.shape[1:]), fill)
+    full[rank * B : (rank + 1) * B] = x
+    return full

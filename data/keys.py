@@ -11,6 +11,10 @@ from __future__ import annotations
 INPUT_IDS = "input_ids"
 #: long `(B, T)` 1 = real token, 0 = padding.
 ATTENTION_MASK = "attention_mask"
+#: long `(B, T)` word index per token from the fast tokenizer's ``word_ids()`` (restarting
+#: at 0 in every row), -1 for special tokens and padding: whole-word masking's word bounds,
+#: whatever the tokenizer's sub-word scheme (WordPiece, byte-level BPE, SentencePiece).
+WORD_IDS = "word_ids"
 #: float `(B, C, H, W)` normalised pixels.
 PIXEL_VALUES = "pixel_values"
 #: long `(B, T)` text with MLM corruption applied ([MASK] / random / unchanged).

@@ -5,6 +5,7 @@ Token masking is written here rather than taken from transformers'
 argument), draws random replacements from the whole vocabulary including special tokens, and
 does whole-word masking in a per-row Python loop; this version is the same BERT 80/10/10
 algorithm, vectorised, with word boundaries from the fast tokenizer's ``word_ids``.
+``TextMasking`` / ``PatchMasking`` hold the settings ``BatchMasker`` applies them with.
 """
 
 from __future__ import annotations
@@ -32,9 +33,21 @@ class PatchMask:
 
 
 def _select_words(word_ids: torch.Tensor, draw: torch.Tensor, probability: float) -> torch.Tensor:
-    """Select whole words: each word's first token draws, the other tokens copy it."""
+    """Select whole words: each word's first token draws, the other tokens copy it.
+
+    Args:
+        word_ids: long `(B, T)` word index per token, -1 = never selected. A word is a run of
+            equal ids within a row, so indices may restart in every row (as ``word_ids()``
+            do) and only need to differ between neighbouring words.
+        draw: float `(B, T)` uniform draws; only those at a word's first token are used.
+        probability: selection probability per word.
+
+    Returns:
+        bool `(B, T)` selected tokens.
+    """
     t = word_ids.shape[1]
     valid = word_ids >= 0
+    # Row starts are word starts: the pad column is -1 in every row.
     prev = torch.nn.functional.pad(word_ids[:, :-1], (1, 0), value=-1)
     first = valid & (word_ids != prev)
     group = (first.long().cumsum(1) - 1).clamp_min(0)  # (B, T) slot of each token's word
@@ -208,3 +221,52 @@ def block_mask(
     ]
     mask = torch.stack(masks)
     return PatchMask(mask, keep_ids_from_mask(mask))
+
+
+@dataclass
+class TextMasking:
+    """BERT token masking settings (see ``mask_tokens``).
+
+    Attributes:
+        probability: selection probability per token (per word with ``whole_word``).
+        mask_replace: fraction of selected tokens replaced by [MASK].
+        random_replace: fraction of selected tokens replaced by a random token.
+        whole_word: select all tokens of a word together, words as the tokenizer's own
+            ``word_ids()`` give them (the batch's ``keys.WORD_IDS``).
+    """
+
+    probability: float = 0.15
+    mask_replace: float = 0.8
+    random_replace: float = 0.1
+    whole_word: bool = False
+
+
+@dataclass
+class PatchMasking:
+    """Image masking settings.
+
+    Attributes:
+        grid: (H/P, W/P) patch grid; N = H/P * W/P.
+        mask_ratio: fraction of patches masked (block masking: target fraction).
+        ratio_range: per-sample ratios uniform in this range (kept counts then differ and
+            ``image_keep_ids`` is -1-padded); None = ``mask_ratio`` for every sample.
+        block: BEiT block-wise masking instead of random patches.
+        min_block_patches: smallest block area for block masking.
+    """
+
+    grid: tuple[int, int]
+    mask_ratio: float = 0.75
+    ratio_range: tuple[float, float] | None = None
+    block: bool = False
+    min_block_patches: int = 4
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> PatchMask:
+        """Masks for ``batch_size`` images: ``PatchMask`` `(B, N)` / `(B, Nk)`."""
+        n = self.grid[0] * self.grid[1]
+        if self.block:
+            target = round(self.mask_ratio * n)
+            return block_mask(batch_size, self.grid, target, generator, self.min_block_patches)
+        ratio: float | torch.Tensor = self.mask_ratio
+        if self.ratio_range is not None:
+            ratio = sample_mask_ratios(batch_size, *self.ratio_range, generator)
+        return random_patch_mask(batch_size, n, ratio, generator)

@@ -1,22 +1,21 @@
 """Step-level masking: deterministic per (seed, step, rank), never special or padding tokens,
-whole words from WordPiece continuation pieces."""
+whole words from the batch's word ids (other tokenizers: test_whole_word_masking.py)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from onetower.data import keys
+from onetower.data import ImageCollator, PatchMasking, TextCollator, TextMasking, keys
 from onetower.data.batch_masking import BatchMasker, step_generator
-from onetower.data.collators import PatchMasking, TextMasking
 
 
-def batch_of(tokenizer, texts):
-    enc = tokenizer(texts, padding=True, return_tensors="pt")
-    return {
-        keys.INPUT_IDS: enc["input_ids"],
-        keys.ATTENTION_MASK: enc["attention_mask"],
-        keys.PIXEL_VALUES: torch.zeros(len(texts), 3, 32, 32),
-    }
+def batch_of(tokenizer, texts, max_length=None):
+    """A collated text batch (padded to ``max_length`` if given) with zero images."""
+    collate = TextCollator(tokenizer, max_length or 32, pad_to_max_length=max_length is not None)
+    batch = collate([{"text": t} for t in texts])
+    batch[keys.PIXEL_VALUES] = torch.zeros(len(texts), 3, 32, 32)
+    return batch
 
 
 def test_same_step_same_masks_other_step_other_masks(tokenizer) -> None:
@@ -48,20 +47,39 @@ def test_never_masks_special_or_padding(tokenizer) -> None:
     assert (out[keys.MLM_INPUT_IDS][selected] == tokenizer.mask_token_id).all()
 
 
-def test_whole_word_ids_follow_wordpiece_pieces(tokenizer) -> None:
-    masker = BatchMasker(tokenizer, TextMasking(whole_word=True))
-    ids = tokenizer(["everywhere red"], return_tensors="pt")["input_ids"]
-    pieces = tokenizer.convert_ids_to_tokens(ids[0])
-    special = masker.special[ids]
-    words = masker.word_ids(ids, special)[0].tolist()
-    expected, w = [], -1
-    for p in pieces:
-        if p in tokenizer.all_special_tokens:
-            expected.append(-1)
-            continue
-        w += 0 if p.startswith("##") else 1
-        expected.append(w)
-    assert len(pieces) > 4 and words == expected and max(words) == 1  # 2 words, many pieces
+def test_whole_words_of_the_project_tokenizer(tokenizer) -> None:
+    """Unknown words split into characters; their pieces are masked together."""
+    masker = BatchMasker(tokenizer, TextMasking(probability=0.5, whole_word=True))
+    batch = batch_of(tokenizer, ["quickly jumped over", "everywhere red"])
+    words = batch[keys.WORD_IDS]
+    assert (words[0] == 0).sum() > 2 and words[0].max() == 2 and words[1].max() == 1
+    assert not (batch[keys.INPUT_IDS] == tokenizer.unk_token_id).any()
+    multi = 0
+    for step in range(20):
+        selected = masker(batch, step_generator(0, step))[keys.MLM_LABELS] != -100
+        assert not (selected & (words < 0)).any()
+        for row, w in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1)):
+            sel = selected[row][words[row] == w]
+            assert sel.all() or not sel.any()
+            multi += int(sel.all() and len(sel) > 1)
+    assert multi > 0
+
+
+def test_whole_word_masking_needs_the_word_ids_key(tokenizer) -> None:
+    batch = batch_of(tokenizer, ["a small red circle"])
+    del batch[keys.WORD_IDS]
+    with pytest.raises(ValueError, match=keys.WORD_IDS):
+        BatchMasker(tokenizer, TextMasking(whole_word=True))(batch, step_generator(0, 0))
+    # Token-level masking does not need words; an image-only batch has no text to mask.
+    assert keys.MLM_LABELS in BatchMasker(tokenizer, TextMasking())(batch, step_generator(0, 0))
+    images = ImageCollator()([{"pixel_values": torch.zeros(3, 32, 32), "image_id": 0}])
+    masker = BatchMasker(tokenizer, TextMasking(whole_word=True), PatchMasking((4, 4)))
+    assert set(masker(images, step_generator(0, 0))) == {
+        keys.PIXEL_VALUES,
+        keys.IMAGE_IDS,
+        keys.MIM_MASK,
+        keys.IMAGE_KEEP_IDS,
+    }
 
 
 def test_sharded_masks_equal_the_global_batch_masks(tokenizer) -> None:
@@ -70,12 +88,7 @@ def test_sharded_masks_equal_the_global_batch_masks(tokenizer) -> None:
         tokenizer, TextMasking(probability=0.4, whole_word=True), PatchMasking((4, 4), 0.5)
     )
     texts = [f"a small {c} circle left of a blue square" for c in ("red", "green", "yellow")] * 2
-    enc = tokenizer(texts, padding="max_length", max_length=20, return_tensors="pt")
-    full = {
-        keys.INPUT_IDS: enc["input_ids"],
-        keys.ATTENTION_MASK: enc["attention_mask"],
-        keys.PIXEL_VALUES: torch.zeros(6, 3, 32, 32),
-    }
+    full = batch_of(tokenizer, texts, max_length=20)
     whole = masker(full, step_generator(0, 3))
     for rank in range(2):
         part = {k: v[rank * 3 : (rank + 1) * 3] for k, v in full.items()}

@@ -1,4 +1,4 @@
-"""Collators: keys and shapes of the batch contract, determinism, worker-distinct masks."""
+"""Collators: keys and shapes of the batch contract, word ids, determinism with workers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from onetower.data import (
     keys,
     load_pairs,
 )
+from onetower.data.batch_masking import BatchMasker, step_generator
 
 
 def _samples(n=6, size=32):
@@ -35,8 +36,14 @@ def _samples(n=6, size=32):
 
 
 def test_pair_batch_contract(tokenizer):
-    mask = PatchMasking((4, 4), 0.75)
-    batch = PairCollator(tokenizer, 16, TextMasking(whole_word=True), mask, seed=1)(_samples())
+    batch = PairCollator(tokenizer, 16)(_samples())
+    assert set(batch) == {
+        keys.INPUT_IDS,
+        keys.ATTENTION_MASK,
+        keys.WORD_IDS,
+        keys.PIXEL_VALUES,
+        keys.IMAGE_IDS,
+    }
     b, t = batch[keys.INPUT_IDS].shape
     assert b == 6 and t <= 16
     assert (batch[keys.INPUT_IDS][:, 0] == tokenizer.cls_token_id).all()
@@ -46,25 +53,37 @@ def test_pair_batch_contract(tokenizer):
     )
     assert batch[keys.PIXEL_VALUES].shape == (6, 3, 32, 32)
     assert batch[keys.IMAGE_IDS].tolist() == list(range(6))
-    assert batch[keys.MIM_MASK].shape == (6, 16) and batch[keys.MIM_MASK].dtype == torch.bool
-    assert batch[keys.IMAGE_KEEP_IDS].shape == (6, 4)
-    labels = batch[keys.MLM_LABELS]
+    # The masking keys the training loop adds to this batch.
+    masker = BatchMasker(tokenizer, TextMasking(whole_word=True), PatchMasking((4, 4), 0.75))
+    masked = masker(batch, step_generator(1, 0))
+    assert masked[keys.MIM_MASK].shape == (6, 16) and masked[keys.MIM_MASK].dtype == torch.bool
+    assert masked[keys.IMAGE_KEEP_IDS].shape == (6, 4)
+    labels = masked[keys.MLM_LABELS]
     assert (labels[batch[keys.ATTENTION_MASK] == 0] == -100).all()
     assert (labels[:, 0] == -100).all()
 
 
-def test_whole_word_masking_with_the_tokenizer(tokenizer):
-    """Unknown words split into characters; their pieces are masked together."""
-    collate = TextCollator(tokenizer, 24, TextMasking(probability=0.5, whole_word=True), seed=0)
-    text = "zebras quickly jumped"
-    enc = tokenizer(text)
-    word_ids = torch.tensor([-1 if w is None else w for w in enc.word_ids()])
-    assert len(word_ids) > 5  # several pieces per word
-    for _ in range(20):
-        labels = collate([{"text": text}])[keys.MLM_LABELS][0]
-        for w in range(3):
-            sel = labels[word_ids == w] != -100
-            assert sel.all() or not sel.any()
+def test_word_ids_are_the_tokenizers(tokenizer):
+    """``word_ids`` long `(B, T)`: the fast tokenizer's word_ids(), -1 on special / padding,
+    in text-only and paired batches alike (truncation included). An unknown word ([UNK])
+    keeps its word id: it is a word of the text (BatchMasker never selects [UNK])."""
+    texts = [s["text"] for s in _samples()]
+    for collate in (TextCollator(tokenizer, 12), PairCollator(tokenizer, 12)):
+        batch = collate(_samples())
+        enc = tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=12,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        )
+        expected = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(6)]
+        assert batch[keys.WORD_IDS].dtype == torch.long
+        assert batch[keys.WORD_IDS].tolist() == expected
+        added = enc["special_tokens_mask"].bool() | ~enc["attention_mask"].bool()
+        assert torch.equal(batch[keys.WORD_IDS] == -1, added)
+        assert (batch[keys.INPUT_IDS] == tokenizer.unk_token_id).any()  # "zebras": z unknown
 
 
 def test_same_seed_same_batches_with_workers(world, tokenizer, cache_dir):
@@ -72,13 +91,12 @@ def test_same_seed_same_batches_with_workers(world, tokenizer, cache_dir):
     ds = build_dataset(src, build_image_transform(32, train=True), seed=0)
 
     def run(seed):
-        collate = PairCollator(tokenizer, 24, TextMasking(), PatchMasking((4, 4), 0.5), seed=seed)
         loader = torch.utils.data.DataLoader(
             ds,
             batch_size=8,
             shuffle=True,
             num_workers=2,
-            collate_fn=collate,
+            collate_fn=PairCollator(tokenizer, 24),
             generator=torch.Generator().manual_seed(seed),
         )
         return list(loader)
@@ -88,22 +106,22 @@ def test_same_seed_same_batches_with_workers(world, tokenizer, cache_dir):
         for k in x:
             assert torch.equal(x[k], y[k]), k
     assert not torch.equal(a[0][keys.IMAGE_IDS], c[0][keys.IMAGE_IDS])
-    # Batches 0 and 1 come from different workers: their masks must not repeat.
-    assert not torch.equal(a[0][keys.MIM_MASK], a[1][keys.MIM_MASK])
 
 
 def test_text_only_and_image_only_keys(tokenizer):
     text = TextCollator(tokenizer, 8, pad_to_max_length=True)(_samples())
-    assert set(text) == {keys.INPUT_IDS, keys.ATTENTION_MASK} and text[keys.INPUT_IDS].shape == (
-        6,
-        8,
-    )
-    image = ImageCollator(PatchMasking((4, 4), ratio_range=(0.25, 0.75)), seed=0)(_samples())
-    assert set(image) == {keys.PIXEL_VALUES, keys.IMAGE_IDS, keys.MIM_MASK, keys.IMAGE_KEEP_IDS}
-    kept = (image[keys.IMAGE_KEEP_IDS] >= 0).sum(1)
-    assert torch.equal(kept, (~image[keys.MIM_MASK]).sum(1))
-    block = ImageCollator(PatchMasking((8, 8), 0.4, block=True), seed=0)(_samples())
-    assert (block[keys.MIM_MASK].sum(1) <= round(0.4 * 64)).all()
+    assert set(text) == {keys.INPUT_IDS, keys.ATTENTION_MASK, keys.WORD_IDS}
+    assert text[keys.INPUT_IDS].shape == text[keys.WORD_IDS].shape == (6, 8)
+    image = ImageCollator()(_samples())
+    assert set(image) == {keys.PIXEL_VALUES, keys.IMAGE_IDS}
+    # Per-sample mask ratios and block masking, as the training loop's masker draws them.
+    ratios = BatchMasker(tokenizer, patch=PatchMasking((4, 4), ratio_range=(0.25, 0.75)))
+    masked = ratios(image, step_generator(0, 0))
+    assert set(masked) == set(image) | {keys.MIM_MASK, keys.IMAGE_KEEP_IDS}
+    kept = (masked[keys.IMAGE_KEEP_IDS] >= 0).sum(1)
+    assert torch.equal(kept, (~masked[keys.MIM_MASK]).sum(1))
+    block = BatchMasker(tokenizer, patch=PatchMasking((8, 8), 0.4, block=True))
+    assert (block(image, step_generator(0, 0))[keys.MIM_MASK].sum(1) <= round(0.4 * 64)).all()
 
 
 def test_skipped_samples_are_dropped(tokenizer):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from onetower.data import block_mask, keep_ids_from_mask, mask_tokens, random_patch_mask
-from onetower.data.masking import sample_mask_ratios
+from onetower.data.masking import _select_words, sample_mask_ratios
 
 SPECIALS = torch.tensor([0, 1, 2, 3, 4])  # pad, unk, cls, sep, mask
 MASK_ID = 4
@@ -96,6 +96,36 @@ def test_whole_word_masking_selects_words_atomically():
         / words
     )
     assert abs(word_rate - 0.3) < 0.03
+
+
+def test_select_words_per_row_from_first_token_draws():
+    """Word ids restart in every row (as word_ids() do); a word is selected by its first
+    token's draw, and -1 tokens (special / padding) never are, whatever their draw."""
+    word_ids = torch.tensor(
+        [
+            [-1, 0, 0, 0, 1, 2, 2, -1, -1],
+            [-1, 0, 0, 0, 1, 2, 2, -1, -1],  # the same words as row 0, other draws
+            [-1, 0, 1, 1, 1, 1, 1, 1, -1],  # a long word right after a one-token word
+            [0, 0, 1, -1, -1, -1, -1, -1, -1],  # no leading special: the row starts a word
+        ]
+    )
+    lo, hi = 0.0, 0.9  # below / above probability 0.5
+    draw = torch.full(word_ids.shape, hi)
+    draw[word_ids < 0] = lo  # specials and padding draw "select": must still not be
+    draw[0, 1], draw[0, 5] = lo, lo  # row 0: words 0 and 2
+    draw[1, 2], draw[1, 4] = lo, lo  # row 1: word 0's second token (ignored), word 1
+    draw[2, 2] = lo  # row 2: word 1 (the long one)
+    draw[3, 0] = lo  # row 3: word 0
+    expected = torch.tensor(
+        [
+            [0, 1, 1, 1, 0, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 0, 0, 0, 0],
+            [0, 0, 1, 1, 1, 1, 1, 1, 0],
+            [1, 1, 0, 0, 0, 0, 0, 0, 0],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(_select_words(word_ids, draw, 0.5), expected)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.25, 0.75])

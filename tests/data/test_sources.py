@@ -1,4 +1,4 @@
-"""Loaders: the same batch from in-memory, streaming and WebDataset; sharding; mixing."""
+"""Loaders: the same batch from in-memory, streaming and WebDataset; sharding; unpaired sources."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 from onetower.data import (
     CachedDataset,
-    MixedBatches,
+    ImageCollator,
     PairCollator,
     PatchMasking,
     SkipCounter,
@@ -28,13 +28,15 @@ from onetower.data import (
     load_webdataset,
     write_webdataset_shards,
 )
-from onetower.data.collators import ImageCollator
+from onetower.data.batch_masking import BatchMasker, step_generator
 
 
 def _batches(source, tokenizer, batch_size=8, train=True):
+    """The loader's batches, masked per step as the training loop masks them."""
     ds = build_dataset(source, build_image_transform(32, train=train), seed=5)
-    collate = PairCollator(tokenizer, 24, TextMasking(), PatchMasking((4, 4), 0.5), seed=11)
-    return list(torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate))
+    loader = torch.utils.data.DataLoader(ds, batch_size, collate_fn=PairCollator(tokenizer, 24))
+    masker = BatchMasker(tokenizer, TextMasking(), PatchMasking((4, 4), 0.5))
+    return [masker(b, step_generator(11, step)) for step, b in enumerate(loader)]
 
 
 def _assert_same(a, b):
@@ -56,6 +58,7 @@ def test_same_batches_in_memory_streaming_webdataset(world, tokenizer, cache_dir
     assert len(ref) == 6 and set(ref[0]) == {
         keys.INPUT_IDS,
         keys.ATTENTION_MASK,
+        keys.WORD_IDS,
         keys.PIXEL_VALUES,
         keys.IMAGE_IDS,
         keys.MLM_INPUT_IDS,
@@ -117,7 +120,7 @@ def test_jsonl_and_parquet_pairs(world, cache_dir, tmp_path):
         assert torch.allclose(got[2]["pixel_values"], ref)
 
 
-def test_text_only_image_only_and_mixing(world, tokenizer, cache_dir, tmp_path):
+def test_text_only_and_image_only_sources(world, tokenizer, cache_dir, tmp_path):
     (tmp_path / "texts.txt").write_text("a red circle\n\nthe blue square above\n" * 4)
     texts = build_dataset(
         load_texts(tmp_path / "texts.txt", cache_dir=cache_dir), counter=SkipCounter(0.5, 10)
@@ -126,34 +129,15 @@ def test_text_only_image_only_and_mixing(world, tokenizer, cache_dir, tmp_path):
         load_images(world.split_dir("validation"), cache_dir=cache_dir),
         build_image_transform(32, False),
     )
-    pairs = build_dataset(
-        load_pairs(world.pairs_dir, cache_dir=cache_dir), build_image_transform(32, False)
-    )
-    loaders = {
-        "pairs": torch.utils.data.DataLoader(pairs, 4, collate_fn=PairCollator(tokenizer, 24)),
-        "text": torch.utils.data.DataLoader(
-            texts, 4, collate_fn=TextCollator(tokenizer, 24, TextMasking())
-        ),
-        "image": torch.utils.data.DataLoader(
-            images, 4, collate_fn=ImageCollator(PatchMasking((4, 4)))
-        ),
-    }
-    mixed = list(MixedBatches(loaders, {"pairs": 2, "text": 1, "image": 1}, 200, seed=0))
-    counts = {n: sum(m.source == n for m in mixed) for n in loaders}
-    assert abs(counts["pairs"] / 200 - 0.5) < 0.08 and abs(counts["text"] / 200 - 0.25) < 0.08
-    for m in mixed[:40]:
-        has_text, has_image = keys.INPUT_IDS in m.batch, keys.PIXEL_VALUES in m.batch
-        assert (has_text, has_image) == {
-            "pairs": (True, True),
-            "text": (True, False),
-            "image": (False, True),
-        }[m.source]
+    text_keys = {keys.INPUT_IDS, keys.ATTENTION_MASK, keys.WORD_IDS}
+    for batch in torch.utils.data.DataLoader(texts, 4, collate_fn=TextCollator(tokenizer, 24)):
+        assert set(batch) == text_keys
+    image_keys = {keys.PIXEL_VALUES, keys.IMAGE_IDS}
+    for batch in torch.utils.data.DataLoader(images, 4, collate_fn=ImageCollator()):
+        assert set(batch) == image_keys
     # The blank lines of the text file are skipped and counted, not fed to the model.
     assert texts.counter.counts() == {"empty_text": texts.counter.skipped}
     assert texts.counter.skipped > 0
-    assert [
-        m.source for m in MixedBatches(loaders, {"pairs": 2, "text": 1, "image": 1}, 200, seed=0)
-    ] == [m.source for m in mixed]
 
 
 def test_interleave_same_kind(world, cache_dir):
