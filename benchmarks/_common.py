@@ -23,8 +23,9 @@ import transformers
 
 from onetower.data import keys, train_wordpiece_tokenizer
 from onetower.data.batch_masking import step_generator
-from onetower.training import PretrainConfig, load_config
-from onetower.training.build import build_composer, build_masker, build_model
+from onetower.pretraining import PretrainConfig
+from onetower.pretraining.build import build_composer, build_masker, build_model
+from onetower.training import load_config
 from onetower.training.optim import build_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
@@ -121,13 +122,16 @@ def synthetic_batch(
     tok: Any, batch: int, text_len: int, image_size: int, seed: int = 0
 ) -> dict[str, torch.Tensor]:
     """A collated pair batch with random content: ``[CLS] words [SEP]``, no padding, an
-    all-ones attention mask (as the collator emits), distinct image ids."""
+    all-ones attention mask (as the collator emits), one word per token, distinct image ids."""
     g = torch.Generator().manual_seed(seed)
     special = sorted(set(tok.all_special_ids))
     ids = torch.randint(max(special) + 1, len(tok), (batch, text_len), generator=g)
     ids[:, 0], ids[:, -1] = tok.cls_token_id, tok.sep_token_id
+    words = torch.arange(-1, text_len - 1).expand(batch, -1).clone()  # a word per token
+    words[:, -1] = -1  # [SEP]
     return {
         keys.INPUT_IDS: ids,
+        keys.WORD_IDS: words,
         keys.ATTENTION_MASK: torch.ones_like(ids),
         keys.PIXEL_VALUES: torch.randn(batch, 3, image_size, image_size, generator=g),
         keys.IMAGE_IDS: torch.arange(batch),
@@ -169,7 +173,7 @@ def recipe_step(
 ) -> Contender:
     """The loop's real step for ``recipes/configs/<recipe>.yaml`` + overrides, on a fixed batch.
 
-    As :func:`onetower.training.loop.pretrain` does it: the :class:`BatchMasker` draws this
+    As :func:`onetower.pretraining.PretrainTask.step` does it: the :class:`BatchMasker` draws this
     step's masks, the composer runs every view and head, then backward, clip, AdamW step and
     ``zero_grad(set_to_none=True)``. Accelerate is left out (a no-op wrapper on one process).
     The synthetic batch is made once, so data loading is not in the step.
@@ -179,7 +183,7 @@ def recipe_step(
     t = cfg.train
     model = build_model(cfg, tok)
     composer = build_composer(cfg, model).to(device).train()
-    masker = build_masker(cfg, tok, model, dict(composer.heads))
+    masker = build_masker(tok, composer)
     # built after .to(device) so fused=None picks the fused kernel on CUDA (see RESULTS.md)
     optimizer = build_optimizer(
         composer, t.lr, t.weight_decay, tuple(t.betas), t.eps, fused=optimizer_fused
@@ -203,6 +207,7 @@ def recipe_step(
             torch.nn.utils.clip_grad_norm_(composer.parameters(), t.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        composer.after_optimizer_step()
 
     n = sum(p.numel() for p in composer.parameters() if p.requires_grad)
     notes = f"heads {'+'.join(composer.heads)}"

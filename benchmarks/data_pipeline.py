@@ -39,9 +39,14 @@ def loader_rate(world, tokenizer, image_size: int, batch: int, workers: int) -> 
     # masks are drawn on the main process per step, as the training loop draws them
     masker = BatchMasker(tokenizer, TextMasking(), PatchMasking(grid, 0.75))
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate,
-        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
     for _ in loader:  # warm-up epoch: worker start-up, file cache
         pass
     start, n = time.perf_counter(), 0
@@ -81,8 +86,15 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        spec = WorldSpec(n_train=args.n, n_val=0, image_size=args.image_size, vqa_train=0,
-                         vqa_val=0, nlvr2_train=0, nlvr2_val=0)  # fmt: skip
+        spec = WorldSpec(
+            n_train=args.n,
+            n_val=0,
+            image_size=args.image_size,
+            vqa_train=0,
+            vqa_val=0,
+            nlvr2_train=0,
+            nlvr2_val=0,
+        )
         world = write_synthetic_world(tmp, spec)
         print(
             f"wrote {args.n} images at {args.image_size} px in {time.perf_counter() - start:.1f}s"

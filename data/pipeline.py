@@ -120,9 +120,11 @@ class CachedDataset(torch.utils.data.Dataset):
             sample = self._cache[index]
         else:
             sample = self.dataset[index]
-            size = 0 if sample is None else sum(
-                v.nbytes for v in sample.values() if isinstance(v, torch.Tensor)
-            )  # fmt: skip
+            size = (
+                0
+                if sample is None
+                else sum(v.nbytes for v in sample.values() if isinstance(v, torch.Tensor))
+            )
             if self.nbytes + size <= self.max_bytes:
                 self._cache[index] = sample
                 self.nbytes += size

@@ -183,7 +183,7 @@ def load_images(
 def interleave(sources: list[Source], ratios: list[float], seed: int) -> Source:
     """Mix same-kind sources row by row with sampling ``ratios`` (``interleave_datasets``).
 
-    Mixing *kinds* (text-only with pairs) happens per batch: see ``MixedBatches``.
+    Mixing *kinds* (text-only with pairs) happens per step: see ``onetower.training.state.Stream``.
     """
     kinds = {s.kind for s in sources}
     if len(kinds) != 1:

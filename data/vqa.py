@@ -101,8 +101,15 @@ def add_targets(
     if drop_unanswerable:
         ds = ds.filter(lambda n: len(n) > 0, input_columns="target_ids")
     extra = ("question_id", "target_ids", "target_scores")
-    return Source(ds, "pairs", source.image_column, source.text_column, source.base_dir,
-                  source.key_column, extra)  # fmt: skip
+    return Source(
+        ds,
+        "pairs",
+        source.image_column,
+        source.text_column,
+        source.base_dir,
+        source.key_column,
+        extra,
+    )
 
 
 class VQACollator:

@@ -61,6 +61,9 @@ def _composer_and_batch(recipe: str):
     batch = {
         keys.INPUT_IDS: ids,
         keys.ATTENTION_MASK: torch.ones_like(ids),
+        keys.WORD_IDS: torch.arange(-1, T - 1)
+        .expand(B, T)
+        .masked_fill(torch.arange(T) == T - 1, -1),
         keys.PIXEL_VALUES: torch.randn(B, 3, S, S, generator=g),
         keys.IMAGE_IDS: torch.arange(B),
     }
