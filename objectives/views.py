@@ -33,10 +33,9 @@ from onetower.data.masking import keep_ids_from_mask
 from onetower.objectives.base import IGNORE_INDEX
 from onetower.objectives.itm_negatives import NegativePairs, RandomNegatives
 from onetower.outputs import EncoderOutput
+from onetower.sequence import ATTENTION_PATTERNS
 
 MASKED_PAIR, PAIR, TEXT, IMAGE = "masked_pair", "pair", "text", "image"
-#: Attention patterns a view can ask of the encoder (see ``OneTowerModel.forward``).
-ATTENTION_PATTERNS = ("bidirectional", "seq2seq")
 
 
 @runtime_checkable

@@ -1,4 +1,5 @@
-"""Retrieval metrics on score matrices."""
+"""Retrieval metrics on score matrices (used by pretraining's held-out evaluation and by
+zero-shot evaluation)."""
 
 from __future__ import annotations
 

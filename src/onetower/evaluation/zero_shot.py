@@ -32,7 +32,6 @@ from onetower.data import (
     load_tokenizer,
 )
 from onetower.data.synthetic import shape_labels
-from onetower.evaluation.metrics import recall_at_k
 from onetower.modeling import OneTowerModel
 from onetower.objectives import ContrastiveHead, ITMHead, ObjectiveComposer
 from onetower.objectives.contrastive import image_features, text_features
@@ -40,6 +39,7 @@ from onetower.pretraining.build import build_composer
 from onetower.pretraining.data import resolve_sources
 from onetower.pretraining.evaluate import head_of
 from onetower.pretraining.heads_io import HEADS_FILE, load_heads
+from onetower.retrieval_metrics import recall_at_k
 from onetower.training.config import ConfigError
 
 

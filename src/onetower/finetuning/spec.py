@@ -30,20 +30,6 @@ class TaskData:
     counter: SkipCounter
 
 
-def _labels_match(checkpoint: dict[int, str], data: dict[int, str], init: str) -> None:
-    """A task checkpoint trained further must keep its label indices."""
-    if checkpoint == data:
-        return
-    ours, theirs = set(checkpoint.values()), set(data.values())
-    raise ConfigError(
-        f"the answer vocabulary of {init} ({len(checkpoint)} labels) does not match the one "
-        f"built from the data ({len(data)} labels): only in the checkpoint "
-        f"{sorted(ours - theirs)[:5]}, only in the data {sorted(theirs - ours)[:5]}"
-        + ("" if ours != theirs else "; same answers in another order")
-        + ". Use the same data and task.min_answer_count, or fine-tune from the encoder"
-    )
-
-
 class FinetuneSpec(Protocol):
     """One fine-tuning task (VQA v2, NLVR2, ...): one file in this folder, registered in
     :data:`onetower.finetuning.registry.TASKS`."""

@@ -19,8 +19,8 @@ import torch
 
 from onetower.data import PairCollator, keys
 from onetower.data.batch_masking import step_generator
-from onetower.evaluation.metrics import recall_at_k
 from onetower.objectives import ContrastiveHead, MLMHead, ObjectiveComposer
+from onetower.retrieval_metrics import recall_at_k
 
 EVAL_SEED = 1234
 
