@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from onetower.training.config import ConfigError, describe_config, field_comments, load_config
+from onetower.training.config import ConfigError, load_config
+from onetower.training.config_help import describe_config, field_comments
 
 FLAVA_YAML = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "flava_like.yaml"
 

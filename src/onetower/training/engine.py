@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 from accelerate.utils import set_seed
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 from onetower.training.accelerator import make_accelerator
 from onetower.training.checkpoint import claim_output_dir, resolve_resume, save_checkpoint
 from onetower.training.config import flatten, save_config
-from onetower.training.optim import build_scheduler
+from onetower.training.optim import adamw, build_scheduler
 from onetower.training.plots import plot_losses
 from onetower.training.record import (
     HISTORY_FILE,
@@ -55,9 +54,7 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
 
     # built before prepare() moves the model, so say where it will run: fused AdamW on CUDA
     fused = accelerator.device.type == "cuda"
-    optimizer = torch.optim.AdamW(
-        built.param_groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, fused=fused or None
-    )
+    optimizer = adamw(built.param_groups, t.lr, tuple(t.betas), t.eps, fused)
     scheduler = build_scheduler(optimizer, t.warmup_steps, max(t.max_steps, 1), t.min_lr_ratio)
     # the scheduler is stepped by hand once per optimizer step, so it is registered for
     # checkpointing instead of prepared (a prepared one steps num_processes times)

@@ -37,6 +37,35 @@ def param_groups(
     return out
 
 
+def adamw(
+    groups: list[dict],
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.98),
+    eps: float = 1e-8,
+    fused: bool = False,
+) -> torch.optim.AdamW:
+    """AdamW over parameter groups; ``fused``: the fused kernel (CUDA only)."""
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
+
+
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.98),
+    eps: float = 1e-8,
+    fused: bool | None = None,
+    head_prefixes: tuple[str, ...] = (),
+    head_lr_mult: float = 1.0,
+) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` of ``model``; ``fused=None``: fused when every
+    parameter is on CUDA."""
+    if fused is None:
+        fused = all(p.is_cuda for p in model.parameters())
+    groups = param_groups(model, weight_decay, lr, head_prefixes, head_lr_mult)
+    return adamw(groups, lr, betas, eps, fused)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.0
 ) -> torch.optim.lr_scheduler.LambdaLR:
