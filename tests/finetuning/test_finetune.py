@@ -68,6 +68,12 @@ def test_vqa_recipe_learns_and_writes_official_results(vqa_run, task_world) -> N
     assert isinstance(model, OneTowerForQuestionAnswering)
     assert set(results.values()) <= set(model.config.id2label.values())
     assert f"val2014/vqa_acc {metrics['val2014/vqa_acc']:.1f}" in vqa_run.summary
+    # the run writes the model card into final/ at save time, with the metrics in it
+    card = (vqa_run.final_model / "README.md").read_text()
+    assert f"| val2014/vqa_acc | {metrics['val2014/vqa_acc']:.4f} |" in card
+    assert "No metrics were recorded" not in card and "trust_remote_code=True" in card
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["task"] == "vqa" and record["model_class"] == "OneTowerForQuestionAnswering"
 
 
 def test_saved_vqa_model_answers_an_image_file(vqa_run, task_world, capsys) -> None:
