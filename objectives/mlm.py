@@ -45,11 +45,19 @@ class MLMHead(nn.Module):
         self.views = (MaskedPairView(text_mode="replace", text_masking=masking or TextMasking()),)
         vocab, dim = embedding.weight.shape
         self.transform = PredictionTransform(dim, eps)
-        self.embedding = embedding  # shared with the encoder: one tensor, two module paths
+        # The decoder weight is the encoder's token embedding (tied, as in BERT / ViLT). It stays
+        # out of this module's children, so the tensor has one name in a state dict: saved once,
+        # with the encoder, and loaded back tied (no "Removed shared tensor" on each checkpoint).
+        self._embedding = (embedding,)
         self.bias = nn.Parameter(torch.zeros(vocab))
 
     def applies_to(self, batch: Mapping[str, Any]) -> bool:
         return keys.MLM_LABELS in batch and keys.MLM_INPUT_IDS in batch
+
+    @property
+    def embedding(self) -> nn.Embedding:
+        """The encoder's token embedding, whose weight decodes (tied)."""
+        return self._embedding[0]
 
     def after_optimizer_step(self) -> None:
         pass
