@@ -18,6 +18,7 @@ from onetower import (
 )
 from onetower.finetuning import FinetuneConfig, finetune
 from onetower.finetuning.vqa_metric import read_results
+from onetower.hub import ModelFolderError
 from onetower.inference import answer_question, classify_statement, load_task_model
 from onetower.inference import main as inference_main
 from onetower.training import ConfigError, load_config, param_groups
@@ -230,7 +231,7 @@ def test_bad_task_data_is_named(tmp_path, task_world, vqa_run) -> None:  # vqa_r
         )
     with pytest.raises(ConfigError, match="task.name must be one of"):
         finetune(task_config("nlvr2", tmp_path / "c", task_world, "task.name=gqa"))
-    with pytest.raises(FileNotFoundError, match="is not a saved onetower model"):
+    with pytest.raises(ModelFolderError, match="has no config.json: expected a folder saved by"):
         finetune(task_config("vqa", tmp_path / "d", task_world, f"init={tmp_path}"))
     with pytest.raises(
         ConfigError, match=r"whose hidden_size=64 differ from model.\['hidden_size'\]"

@@ -24,6 +24,7 @@ from onetower.data import CachedDataset, build_image_transform, load_tokenizer
 from onetower.data.synthetic import CARD_DATA, synthetic_world_under
 from onetower.finetuning.registry import TASKS
 from onetower.finetuning.spec import FinetuneSpec, TaskData, inputs, task_summary
+from onetower.hub import onetower_folder
 from onetower.modeling import OneTowerModel
 from onetower.processing import OneTowerProcessor
 from onetower.task_models import TaskModel
@@ -47,8 +48,9 @@ def init_config(cfg: DictConfig) -> tuple[OneTowerConfig, Any | None]:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model: {e}") from None
         return config, None
-    if not Path(cfg.init, "config.json").is_file():
-        raise FileNotFoundError(f"init={cfg.init!r} is not a saved onetower model (no config.json)")
+    onetower_folder(
+        cfg.init, "init"
+    )  # one line for a BERT, a timm checkpoint, a half-written folder
     config = OneTowerConfig.from_pretrained(cfg.init)
     # the architecture comes with the saved model: a model.* field that says otherwise is an
     # error, not silently ignored

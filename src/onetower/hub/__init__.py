@@ -13,6 +13,7 @@ from onetower.hub.folder import (
     auto_class_name,
     find_run_dir,
     model_class,
+    onetower_folder,
     read_model_config,
 )
 from onetower.hub.prepare import prepare_model_folder
@@ -41,6 +42,7 @@ __all__ = [
     "has_remote_code",
     "model_card",
     "model_class",
+    "onetower_folder",
     "prepare_model_folder",
     "push_from_config",
     "push_to_hub",

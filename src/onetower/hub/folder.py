@@ -46,6 +46,56 @@ def read_model_config(folder: str | Path) -> dict:
     return config
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def onetower_folder(folder: str | Path, key: str) -> dict:
+    """Check that ``folder`` (the value of config key ``key``) is a complete saved onetower
+    model, before anything loads it; returns its parsed ``config.json``.
+
+    Raises:
+        ModelFolderError: one line naming the key, what was found (nothing, a file, a timm or
+            raw PyTorch checkpoint, another transformers model, a half-written folder) and
+            what is expected.
+    """
+    path, expected = (
+        Path(folder),
+        "expected a folder saved by onetower (e.g. runs/flava_like/final)",
+    )
+
+    def fail(found: str) -> ModelFolderError:
+        return ModelFolderError(f"{key}={str(folder)!r} {found}: {expected}")
+
+    if not path.exists():
+        raise fail("does not exist")
+    if not path.is_dir():
+        raise fail("is a file, not a model folder")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        weights = sorted(
+            p.name
+            for p in path.iterdir()
+            if p.suffix in (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+        )
+        raise fail(
+            f"holds weights ({', '.join(weights[:3])}) but no config.json: a raw PyTorch or timm checkpoint"
+            if weights
+            else "has no config.json"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise fail(f"has an unreadable config.json ({e})") from None
+    if "model_type" not in config and "architecture" in config:  # timm's config.json
+        raise fail(f"holds a timm model ({config['architecture']!r})")
+    if config.get("model_type") != "onetower":
+        names = ", ".join(config.get("architectures") or []) or "no architecture named"
+        raise fail(f"holds a {config.get('model_type')!r} model ({names}), not a onetower model")
+    if not any((path / w).is_file() for w in WEIGHT_FILES):
+        raise fail("is half-written: config.json but no model.safetensors")
+    return config
+
+
 def model_class(folder: str | Path) -> type[OneTowerPreTrainedModel]:
     """The onetower class named by ``folder/config.json``; raises ModelFolderError if the folder
     holds no onetower model config (missing, unreadable, another model type or class)."""

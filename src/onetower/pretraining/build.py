@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from onetower.configuration import OneTowerConfig
 from onetower.data.batch_masking import BatchMasker
+from onetower.hub import onetower_folder
 from onetower.modeling import OneTowerModel
 from onetower.objectives import MASKED_PAIR, MaskedPairView, ObjectiveComposer
 from onetower.training.config import ConfigError
@@ -25,6 +26,7 @@ def build_model(cfg: DictConfig, tokenizer: Any) -> OneTowerModel:
             raise ConfigError(
                 f"model.init={init!r} loads a saved model: drop model.{sorted(fields) or ['size']}"
             )
+        onetower_folder(init, "model.init")
         model = OneTowerModel.from_pretrained(init)
     else:
         defaults = dict(
