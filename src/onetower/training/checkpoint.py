@@ -41,13 +41,30 @@ def checkpoint_step(path: str | Path) -> int:
 
 
 def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
-    """``None`` -> start fresh; ``"latest"`` -> newest complete checkpoint (None if there is
-    none); a path -> that checkpoint, which must exist."""
+    """``None`` -> start fresh; ``"latest"`` -> the newest complete checkpoint; a path -> that
+    checkpoint.
+
+    Raises:
+        FileNotFoundError: nothing to resume (says what the folder holds): never a silent
+            restart from step 0.
+    """
     if not resume:
         return None
     if resume == "latest":
         ckpts = list_checkpoints(output_dir)
-        return ckpts[-1] if ckpts else None
+        if ckpts:
+            return ckpts[-1]
+        out = Path(output_dir)
+        held = (
+            sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+            if out.is_dir()
+            else []
+        )
+        raise FileNotFoundError(
+            f"run.resume=latest: {out} holds no checkpoint to resume from ("
+            + (f"it holds {', '.join(held)}" if held else "it does not exist or is empty")
+            + "); start it again with run.overwrite=true, or choose another run.output_dir"
+        )
     path = Path(resume)
     if not path.is_dir():
         raise FileNotFoundError(f"resume checkpoint {resume!r} does not exist")

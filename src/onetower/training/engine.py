@@ -5,6 +5,10 @@ Top to bottom: Accelerator -> task.build (data, model; every check) -> claim the
 clip, step, log, evaluate, checkpoint, all visible below) -> final evaluation, run record,
 final model with its card, summary.
 
+Interruption: SIGINT / SIGTERM stop the loop after the current step with a checkpoint on every
+rank (:mod:`onetower.training.interrupt`). Resuming a finished run does nothing and says so,
+unless ``train.max_steps`` is raised.
+
 Randomness: the task derives every draw of a step from ``(seed, step, rank)`` through its
 :class:`~onetower.training.task.StepContext`; with the seedable sampler and the stream's
 positions saved in each checkpoint, a resumed run is bit-identical to an uninterrupted one.
@@ -12,16 +16,25 @@ positions saved in each checkpoint, a resumed run is bit-identical to an uninter
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from onetower.training.accelerator import make_accelerator
-from onetower.training.checkpoint import claim_output_dir, resolve_resume, save_checkpoint
+from onetower.training.checkpoint import (
+    checkpoint_step,
+    claim_output_dir,
+    resolve_resume,
+    save_checkpoint,
+)
 from onetower.training.config import flatten, save_config
+from onetower.training.interrupt import RunInterrupted, StopSignals
 from onetower.training.optim import adamw, build_scheduler
 from onetower.training.plots import plot_losses
 from onetower.training.record import (
@@ -44,6 +57,9 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
     rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(cfg.run.seed)
     resume_from = resolve_resume(out_dir, cfg.run.resume)
+    if resume_from is not None and (done := finished(out_dir, resume_from, t.max_steps)):
+        accelerator.print(done.summary)
+        return done
 
     # build everything that can fail before the output folder is claimed
     built = task.build(accelerator)
@@ -90,49 +106,61 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
     )
     running = RunningLogs(samples_per_step, t.grad_accum)
     start, start_step = time.perf_counter(), state.step
+    last_save = time.monotonic()
     module.train()
-    while state.step < stop_at:
-        for micro in range(t.grad_accum):
-            micro_step = state.step * t.grad_accum + micro
-            source, batch = stream.next(micro_step)
-            ctx = StepContext(
-                state.step,
-                micro,
-                micro_step,
-                rank,
-                world,
-                micro * world + rank,
-                t.grad_accum * world,
-                cfg.run.seed,
-                source,
-            )
-            with accelerator.accumulate(module):
-                with accelerator.autocast():
-                    out = task.step(module, batch, ctx)
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients and t.grad_clip > 0:
-                    accelerator.clip_grad_norm_(module.parameters(), t.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running.add({"loss": out.loss.detach(), **out.logs})
-        scheduler.step()
-        task.after_optimizer_step(core)
-        state.step += 1
-        bar.update(1)
+    with StopSignals() as signals:
+        while state.step < stop_at:
+            for micro in range(t.grad_accum):
+                micro_step = state.step * t.grad_accum + micro
+                source, batch = stream.next(micro_step)
+                ctx = StepContext(
+                    step=state.step,
+                    micro=micro,
+                    micro_step=micro_step,
+                    rank=rank,
+                    world_size=world,
+                    slot=micro * world + rank,
+                    slots=t.grad_accum * world,
+                    seed=cfg.run.seed,
+                    source=source,
+                )
+                with accelerator.accumulate(module):
+                    with accelerator.autocast():
+                        out = task.step(module, batch, ctx)
+                    accelerator.backward(out.loss)
+                    if accelerator.sync_gradients and t.grad_clip > 0:
+                        accelerator.clip_grad_norm_(module.parameters(), t.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                running.add({"loss": out.loss.detach(), **out.logs})
+            scheduler.step()
+            task.after_optimizer_step(core)
+            state.step += 1
+            bar.update(1)
 
-        if state.step % t.log_every == 0 or state.step == t.max_steps:  # log
-            logs = running.flush(accelerator, scheduler.get_last_lr()[0])
-            state.record(logs)
-            accelerator.log(logs, step=state.step)
-            bar.set_postfix(loss=f"{logs['loss']:.3f}", sps=f"{logs['samples_per_s']:.0f}")
-        if t.eval_every and state.step % t.eval_every == 0 and state.step < t.max_steps:
-            evaluate()  # the run ends with an evaluation anyway
-        if t.save_every and state.step % t.save_every == 0:  # checkpoint
-            save_checkpoint(accelerator, out_dir, state.step, t.keep_last)
+            if state.step % t.log_every == 0 or state.step == t.max_steps:  # log
+                logs = running.flush(accelerator, scheduler.get_last_lr()[0])
+                state.record(logs)
+                accelerator.log(logs, step=state.step)
+                bar.set_postfix(loss=f"{logs['loss']:.3f}", sps=f"{logs['samples_per_s']:.0f}")
+            if t.eval_every and state.step % t.eval_every == 0 and state.step < t.max_steps:
+                evaluate()  # the run ends with an evaluation anyway
+            # checkpoint: every save_every steps, at the end, after save_every_minutes, or when
+            # a signal asks the run to stop (on any rank: every rank must take part)
+            minutes = (time.monotonic() - last_save) / 60
+            timed = 0 < t.save_every_minutes < minutes
+            stop, timed = agree(accelerator, signals.received is not None, timed)
+            every = t.save_every and state.step % t.save_every == 0
+            if every or state.step == stop_at or timed or stop:
+                checkpoint = save_checkpoint(accelerator, out_dir, state.step, t.keep_last)
+                last_save = time.monotonic()
+            if stop:
+                bar.close()
+                accelerator.end_training()
+                raise RunInterrupted(state.step, checkpoint, signals.received or "a signal")
     bar.close()
 
     if state.step < t.max_steps:  # stopped early on purpose (train.stop_at): resumable
-        save_checkpoint(accelerator, out_dir, state.step, t.keep_last)
         accelerator.end_training()
         return RunResult(
             out_dir, out_dir / "checkpoints", state.step, {}, state.history, "stopped early"
@@ -174,3 +202,28 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def agree(accelerator: Accelerator, *flags: bool) -> tuple[bool, ...]:
+    """Each flag, true on every process when it is true on any (one process: as given)."""
+    if accelerator.num_processes == 1:
+        return flags
+    votes = torch.tensor([int(f) for f in flags], device=accelerator.device)
+    return tuple(bool(v) for v in accelerator.reduce(votes, reduction="sum").tolist())
+
+
+def finished(out_dir: Path, checkpoint: Path, max_steps: int) -> RunResult | None:
+    """The result of a run that already reached ``max_steps`` (resuming it has nothing to do),
+    or None when it has steps left."""
+    step, record_path = checkpoint_step(checkpoint), out_dir / RECORD_FILE
+    if step < max_steps or not (out_dir / "final").is_dir() or not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text())
+    history_path = out_dir / HISTORY_FILE
+    history = json.loads(history_path.read_text()) if history_path.is_file() else {}
+    summary = (
+        f"{out_dir} already finished at step {step} (train.max_steps={max_steps}): nothing to "
+        f"do; its model is {out_dir / 'final'}. Give a larger train.max_steps to train on."
+    )
+    metrics = record.get("metrics", {})
+    return RunResult(out_dir, out_dir / "final", step, metrics, history, summary, record=record)

@@ -37,8 +37,12 @@ class TrainSection:
     mixed_precision: str = "no"  #: no | bf16 | fp16
     log_every: int = 10
     eval_every: int = 0  #: 0 = only at the end
-    save_every: int = 0  #: 0 = only the final model
-    keep_last: int = 2
+    #: checkpoint every N optimizer steps; a checkpoint is also written at the end of training
+    #: (so a finished run can be trained further) and when a signal stops the run; 0 = only then
+    save_every: int = 500
+    #: also checkpoint once this many minutes have passed since the last checkpoint; 0 = off
+    save_every_minutes: float = 30.0
+    keep_last: int = 2  #: checkpoints kept (older ones are deleted)
     stop_at: int = (
         0  #: end early at this step with a checkpoint, as a preempted job would (0 = never)
     )
