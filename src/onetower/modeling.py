@@ -59,6 +59,44 @@ class OneTowerPreTrainedModel(PreTrainedModel):
         ):
             init.normal_(module.position_embeddings, std=std)
 
+    def activation_checkpointing_enable(self, *args: Any, **kwargs: Any) -> None:
+        """Recompute each transformer block in the backward pass instead of keeping its
+        activations (``train.activation_checkpointing=true``): less memory, about one more
+        forward's time. Gradients are unchanged.
+
+        Defined here rather than inherited: transformers 5.17 has no method of this name (later
+        5.x add it and deprecate ``gradient_checkpointing_enable``), and onetower's blocks checkpoint
+        themselves with non-reentrant ``torch.utils.checkpoint``, so no hook is needed. Extra
+        arguments (transformers' ``activation_checkpointing_kwargs``) are accepted and ignored.
+        """
+        self._set_activation_checkpointing(True)
+
+    def activation_checkpointing_disable(self) -> None:
+        """Undo :meth:`activation_checkpointing_enable`."""
+        self._set_activation_checkpointing(False)
+
+    def gradient_checkpointing_enable(self, *args: Any, **kwargs: Any) -> None:
+        """The older name (transformers' Trainer calls it)."""
+        self._set_activation_checkpointing(True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        """The older name of :meth:`activation_checkpointing_disable`."""
+        self._set_activation_checkpointing(False)
+
+    def _set_activation_checkpointing(self, enable: bool) -> None:
+        found = False
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = enable
+                found = True
+        if not found:
+            raise ValueError(f"{type(self).__name__} has no block that supports checkpointing")
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        """Whether any block recomputes its activations in the backward pass."""
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
     @classmethod
     def from_pretrained(cls, *args: Any, strict: bool = True, **kwargs: Any):  # type: ignore[override]
         """``PreTrainedModel.from_pretrained``, but a checkpoint whose weights do not fit this
