@@ -6,7 +6,13 @@ import os
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import GradientAccumulationPlugin, is_wandb_available
+from accelerate.state import PartialState
+from accelerate.utils import (
+    DistributedType,
+    FullyShardedDataParallelPlugin,
+    GradientAccumulationPlugin,
+    is_wandb_available,
+)
 from omegaconf import DictConfig
 
 from onetower.training.config import ConfigError
@@ -52,7 +58,7 @@ def make_accelerator(cfg: DictConfig, find_unused_parameters: bool) -> Accelerat
     if cpu:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
         torch.set_num_threads(cfg.run.cpu_threads or max(1, (os.cpu_count() or 1) // local))
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=t.mixed_precision,
         # Several loaders feed one run, so one loader's end must not force a sync mid-accumulation.
@@ -67,3 +73,28 @@ def make_accelerator(cfg: DictConfig, find_unused_parameters: bool) -> Accelerat
             DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
         ],
     )
+    engage_fsdp_on_cpu(accelerator)
+    return accelerator
+
+
+def engage_fsdp_on_cpu(accelerator: Accelerator) -> None:
+    """Make an FSDP launch (``ACCELERATE_USE_FSDP=true``, e.g. ``accelerate launch --config_file
+    recipes/accelerate/fsdp2.yaml``) shard on CPU processes too.
+
+    accelerate 1.15 turns on FSDP only for GPU-like process groups: with several CPU (gloo)
+    processes it silently runs the FSDP config as plain DDP. Here the FSDP plugin (read from the
+    same ``FSDP_*`` variables the launcher sets) is installed in accelerate's shared state
+    instead, so ``prepare`` shards with ``fully_shard`` (parameters become DTensors) exactly as
+    on GPUs. One CPU process has no process group to shard over and stays unsharded.
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    # AcceleratorState copies PartialState's fields whenever it is built again
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP

@@ -101,6 +101,9 @@ def load_config(
         if (problem := _unknown_key(cfg, key)) is not None:
             raise ConfigError(f"override: {problem}")
         cfg = _merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]), "override")
+    train = cfg.get("train")
+    if train is not None and train.get("mixed_precision") == "False":
+        train.mixed_precision = "no"  # `train.mixed_precision=no` (YAML reads `no` as false)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

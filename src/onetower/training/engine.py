@@ -16,14 +16,16 @@ positions saved in each checkpoint, a resumed run is bit-identical to an uninter
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from omegaconf import DictConfig
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from onetower.training.accelerator import make_accelerator
@@ -74,6 +76,10 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
     scheduler = build_scheduler(optimizer, t.warmup_steps, max(t.max_steps, 1), t.min_lr_ratio)
     # the scheduler is stepped by hand once per optimizer step, so it is registered for
     # checkpointing instead of prepared (a prepared one steps num_processes times)
+    # sharded parameters (FSDP): evaluation, the final model and the task's finish read a full
+    # copy on the main process, loaded from the gathered state dict (see `full_view`)
+    sharded = accelerator.distributed_type == DistributedType.FSDP and world > 1
+    full_copy = copy.deepcopy(built.module) if sharded and accelerator.is_main_process else None
     module, optimizer = accelerator.prepare(built.module, optimizer)
     loaders = {n: accelerator.prepare_data_loader(dl) for n, dl in built.loaders.items()}
     stream = Stream(loaders, built.ratios, cfg.run.seed)
@@ -86,8 +92,20 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
         accelerator.init_trackers(cfg.run.recipe, config=flatten(cfg))
     core = accelerator.unwrap_model(module)
 
+    def full_view() -> torch.nn.Module:
+        """The module to evaluate and save: the trained one, or under sharding its full copy
+        on the main process (every rank takes part in the gather; the others get ``core``,
+        which the tasks' main-process-only evaluation and saving never read)."""
+        if not sharded:
+            return core
+        state_dict = accelerator.get_state_dict(module)  # full tensors on the main process
+        if full_copy is None:
+            return core
+        full_copy.load_state_dict(state_dict)
+        return full_copy.to(accelerator.device)
+
     def evaluate() -> dict[str, float]:
-        metrics = task.evaluate(core, accelerator, state.step)
+        metrics = task.evaluate(full_view(), accelerator, state.step)
         if accelerator.is_main_process and metrics:
             state.record(metrics)
             accelerator.log(metrics, step=state.step)
@@ -110,6 +128,7 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
     module.train()
     with StopSignals() as signals:
         while state.step < stop_at:
+            finite, skipped = None, False
             for micro in range(t.grad_accum):
                 micro_step = state.step * t.grad_accum + micro
                 source, batch = stream.next(micro_step)
@@ -128,18 +147,26 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
                     with accelerator.autocast():
                         out = task.step(module, batch, ctx)
                     accelerator.backward(out.loss)
-                    if accelerator.sync_gradients and t.grad_clip > 0:
-                        accelerator.clip_grad_norm_(module.parameters(), t.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    ok = torch.isfinite(out.loss.detach())
+                    finite = ok if finite is None else finite & ok
+                    if accelerator.sync_gradients:
+                        skipped = optimizer_step(accelerator, module, optimizer, t, finite)
                 running.add({"loss": out.loss.detach(), **out.logs})
-            scheduler.step()
-            task.after_optimizer_step(core)
+            scheduler.step()  # the schedule follows the step count, skipped steps included
+            if skipped:
+                state.skipped_steps += 1
+                accelerator.print(
+                    f"step {state.step + 1}: non-finite loss or gradient, optimizer step "
+                    f"skipped ({state.skipped_steps} so far)"
+                )
+            else:
+                task.after_optimizer_step(core)
             state.step += 1
             bar.update(1)
 
             if state.step % t.log_every == 0 or state.step == t.max_steps:  # log
                 logs = running.flush(accelerator, scheduler.get_last_lr()[0])
+                logs["skipped_steps"] = state.skipped_steps
                 state.record(logs)
                 accelerator.log(logs, step=state.step)
                 bar.set_postfix(loss=f"{logs['loss']:.3f}", sps=f"{logs['samples_per_s']:.0f}")
@@ -170,6 +197,7 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
     seconds = time.perf_counter() - start
     metrics = evaluate()
     identical = replicas_identical(accelerator, module)
+    final = full_view()
     result = RunResult(out_dir, out_dir / "final", state.step, metrics, state.history, "")
     if accelerator.is_main_process:
         rates = [v for _, v in state.history.get("samples_per_s", [])]
@@ -185,23 +213,61 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
             files={},
         )
         info.files["losses"] = plot_losses(state.history, out_dir / "losses.png", cfg.run.recipe)
-        part = task.finish(core, accelerator, info)
+        part = task.finish(final, accelerator, info)
         facts = {
             "steps": state.step,
             "train_seconds": seconds,
             "samples_per_s": info.samples_per_s,
             "replicas_identical": identical,
+            # whether the parameters were actually sharded (FSDP2 DTensors), not only configured
+            "sharded_parameters": any(isinstance(p, DTensor) for p in module.parameters()),
+            "skipped_steps": state.skipped_steps,
             "metrics": metrics,
         }
         result.record = run_record(cfg, task.name, accelerator, facts, part)
         dump_json(out_dir / RECORD_FILE, result.record)
         dump_json(out_dir / HISTORY_FILE, state.history)
-        save_final(out_dir, lambda folder: task.save(core, folder))
+        save_final(out_dir, lambda folder: task.save(final, folder))
         result.summary, result.files = result.record.get("summary", ""), info.files
         accelerator.print("\n" + result.summary)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def optimizer_step(
+    accelerator: Accelerator,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    t: DictConfig,
+    finite_loss: torch.Tensor,
+) -> bool:
+    """Clip, then step the optimizer unless the loss or the gradient is not finite; the
+    gradients are cleared either way. Returns whether the step was skipped (the same answer
+    on every process, so the replicas stay identical).
+
+    fp16: accelerate's gradient scaler unscales the gradients in the clip and itself skips a
+    step whose gradients overflowed (lowering the scale); such a step counts as skipped too.
+    Every other precision: the total gradient norm (all-reduced by DDP / FSDP already) and the
+    loss of every process decide; one scalar crosses to the host per optimizer step.
+    """
+    # the clip computes the total norm; max_norm=inf only measures it (the factor clamps to 1)
+    norm = accelerator.clip_grad_norm_(
+        module.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf")
+    )
+    if accelerator.scaler is not None:  # fp16
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return bool(accelerator.optimizer_step_was_skipped)
+    norm = norm.full_tensor() if isinstance(norm, DTensor) else torch.as_tensor(norm)  # FSDP2
+    bad = (~finite_loss).float() + (~torch.isfinite(norm)).float()
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad.to(accelerator.device), reduction="sum")
+    skipped = bool(bad.item() > 0)
+    if not skipped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return skipped
 
 
 def agree(accelerator: Accelerator, *flags: bool) -> tuple[bool, ...]:

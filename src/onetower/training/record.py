@@ -19,6 +19,7 @@ import torch
 from accelerate import Accelerator
 from omegaconf import DictConfig
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from onetower.hub import prepare_model_folder
 
@@ -102,10 +103,17 @@ def save_final(out_dir: Path, write: Callable[[Path], None], card: bool = True) 
 
 @torch.no_grad()
 def replicas_identical(accelerator: Accelerator, module: nn.Module) -> bool:
-    """Whether every process ends with bit-identical weights (a DDP invariant, checked)."""
-    flat = torch.cat([p.detach().double().flatten() for p in module.parameters()])
+    """Whether every process ends with bit-identical weights (a DDP invariant, checked; under
+    FSDP, whether the gathered full weights agree on every rank)."""
+    # a sharded (FSDP) parameter is a DTensor: its full value is gathered (every rank joins)
+    flat = torch.cat([full(p).detach().double().flatten() for p in module.parameters()])
     # (world, 2) fingerprints; exact equality of sums of values and of squares
     prints = accelerator.gather(
         torch.stack([flat.sum(), (flat * flat).sum()])[None].to(accelerator.device)
     )
     return bool((prints == prints[0]).all())
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The full value of a parameter: a sharded DTensor gathered, any other tensor as is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor

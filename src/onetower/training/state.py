@@ -21,16 +21,19 @@ from onetower.data.batch_masking import step_generator
 
 @dataclass
 class TrainState:
-    """Loop state saved in every checkpoint: the optimizer step and the logged history."""
+    """Loop state saved in every checkpoint: the optimizer step, the steps skipped for a
+    non-finite loss or gradient, and the logged history."""
 
     step: int = 0
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    skipped_steps: int = 0
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "history": self.history}
+        return {"step": self.step, "history": self.history, "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
+        self.skipped_steps = state.get("skipped_steps", 0)
         self.history = {k: [tuple(p) for p in v] for k, v in state["history"].items()}
 
     def record(self, values: dict[str, float]) -> None:
