@@ -234,6 +234,42 @@ def time_alternating(
             c.times.append(time.perf_counter() - start)
 
 
+#: Where a benchmark writes its JSON unless ``--json`` says otherwise: an ignored folder, so
+#: running one never dirties the checkout (the committed JSONs are the records RESULTS.md cites).
+OUTPUT_DIR = Path("runs") / "benchmarks"
+
+
+def json_path(name: str) -> str:
+    """The default ``--json`` of benchmark ``name``."""
+    return str(OUTPUT_DIR / f"{name}.json")
+
+
+def write_json(path: str | Path, record: Any) -> Path:
+    """Write a benchmark's record (creating the folder) and say where."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+    print(f"wrote {path}")
+    return path
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Any:
+    """Silence file descriptor 2 (the profiler's C++ ``profiler_start`` / ``profiler_stop``
+    lines go there, past Python's ``sys.stderr``)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def peak_memory(step: Callable[[], None], device: torch.device) -> int:
     """Peak bytes held by tensors during one step, parameters, gradients and optimiser state
     included. CUDA: ``torch.cuda.max_memory_allocated``. CPU (no allocator statistics): the
@@ -248,9 +284,15 @@ def peak_memory(step: Callable[[], None], device: torch.device) -> int:
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import MemoryProfileTimeline
 
-    with profile(
-        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
-    ) as prof:
+    with (
+        quiet_stderr(),
+        profile(
+            activities=[ProfilerActivity.CPU],
+            profile_memory=True,
+            record_shapes=True,
+            with_stack=True,
+        ) as prof,
+    ):
         step()
     _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
     return int(max(sum(s) for s in sizes)) if sizes else 0

@@ -21,13 +21,12 @@ statements the recipe's files hold for that seed (dev = the first 200 validation
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from _common import environment
+from _common import environment, json_path, write_json
 from torch import nn
 
 from onetower.data import train_wordpiece_tokenizer
@@ -169,7 +168,7 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=24)
     p.add_argument("--seed", type=int, default=0, help="the world's seed (and the run's)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", default="benchmarks/nlvr2_oracle.json")
+    p.add_argument("--json", default=json_path("nlvr2_oracle"), help="where to write the record")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     train = nlvr2_examples(a.seed, "train", a.n_train)
@@ -182,9 +181,7 @@ def main() -> None:
     }
     runs = [run(a, steps, data, len(tokenizer)) for steps in a.steps]
     record = {"config": vars(a), "runs": runs, "environment": environment(torch.device("cpu"))}
-    with open(a.json, "w") as f:
-        json.dump(record, f, indent=1)
-    print(f"wrote {a.json}")
+    write_json(a.json, record)
 
 
 if __name__ == "__main__":

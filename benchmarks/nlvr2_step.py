@@ -16,11 +16,17 @@ text + 2 images per example instead of two of text + 1 image. Same batch, full t
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 import torch.nn.functional as F
-from _common import Contender, environment, pick_device, time_alternating
+from _common import (
+    Contender,
+    environment,
+    json_path,
+    pick_device,
+    time_alternating,
+    write_json,
+)
 
 from onetower import OneTowerConfig, OneTowerModel
 from onetower.task_models import OneTowerForImagesAndTextClassification, pooled_features
@@ -33,7 +39,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--device", default=None)
-    p.add_argument("--json", default="benchmarks/nlvr2_step.json")
+    p.add_argument("--json", default=json_path("nlvr2_step"), help="where to write the record")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     device = pick_device(a.device)
@@ -133,9 +139,7 @@ def main() -> None:
             {"name": c.name, "samples_per_s": c.samples_per_s, "times_s": c.times} for c in rows
         ],
     }
-    with open(a.json, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {a.json}")
+    write_json(a.json, result)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ import torch
 from _common import (
     Contender,
     environment,
+    json_path,
     pick_device,
     recipe_step,
     size_overrides,
     time_alternating,
     tokenizer,
+    write_json,
 )
 
 from onetower.layers import BlockStack
@@ -96,7 +98,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default=None)
     p.add_argument("--quick", action="store_true", help="smoke: width 64, small sizes")
-    p.add_argument("--json", default="benchmarks/scaling.json")
+    p.add_argument("--json", default=json_path("scaling"), help="where to write the record")
     a = p.parse_args()
     if a.quick:
         a.width, a.heads, a.batches, a.resolutions, a.batch_for_resolution = (
@@ -128,13 +130,9 @@ def main() -> None:
         device,
         a,
     )
-    with open(a.json, "w") as f:
-        json.dump(
-            {"environment": env, "args": vars(a), "batch": by_batch, "resolution": by_res},
-            f,
-            indent=1,
-        )
-    print(f"wrote {a.json}")
+    write_json(
+        a.json, {"environment": env, "args": vars(a), "batch": by_batch, "resolution": by_res}
+    )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from _common import (
     Contender,
     autocast,
     environment,
+    json_path,
     peak_memory,
     pick_device,
     recipe_step,
@@ -41,6 +42,7 @@ from _common import (
     time_alternating,
     to,
     tokenizer,
+    write_json,
 )
 from torch import nn
 from transformers import FlavaConfig, FlavaForPreTraining, ViltConfig, ViltForMaskedLM
@@ -362,7 +364,7 @@ def main() -> None:
     p.add_argument(
         "--quick", action="store_true", help="smoke: tiny size, 1+2 rounds, no ablations"
     )
-    p.add_argument("--json", default="benchmarks/train_step.json")
+    p.add_argument("--json", default=json_path("train_step"), help="where to write the record")
     a = p.parse_args()
     a.pools = set(a.pools.split(","))
     if a.quick:
@@ -425,9 +427,7 @@ def main() -> None:
         results["pools"][pool_name] = table
     print(f"\n{FLOPS_FORMULA}")
     results["flops_formula"] = FLOPS_FORMULA
-    with open(a.json, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"wrote {a.json}")
+    write_json(a.json, results)
 
 
 if __name__ == "__main__":
