@@ -9,6 +9,7 @@ reach the encoder (MAE / M3AE / FLIP).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from torch import nn
@@ -41,6 +42,10 @@ def unpatchify(patches: torch.Tensor, patch_size: int, grid: tuple[int, int]) ->
     )
 
 
+#: How a learned position table is resampled to another patch grid.
+RESAMPLE_MODES = ("bicubic", "bilinear")
+
+
 class ImageEmbedder(nn.Module):
     """Embed images into `(B, [1 +] N, D)` patch tokens.
 
@@ -53,6 +58,10 @@ class ImageEmbedder(nn.Module):
         position: ``"learned"`` (ViT / ViLT) or ``"sincos"`` (fixed, MAE / M3AE).
         mask_token: create a learned token that replaces masked patches (BEiT / FLAVA MIM).
         dropout: dropout on the output.
+        resample: how a learned table is resampled to another grid: ``"bicubic"`` (timm) or
+            ``"bilinear"`` (ViLT: bilinear with ``align_corners=True``).
+        norm: LayerNorm over the tokens after the positions (CLIP's ``norm_pre``).
+        norm_eps: its epsilon.
     """
 
     def __init__(
@@ -65,6 +74,9 @@ class ImageEmbedder(nn.Module):
         position: str = "learned",
         mask_token: bool = False,
         dropout: float = 0.0,
+        resample: str = "bicubic",
+        norm: bool = False,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
@@ -91,6 +103,10 @@ class ImageEmbedder(nn.Module):
             self.pos_embed = None  # computed for whatever grid comes in
         else:
             raise ValueError(f"image position must be 'learned' or 'sincos', got {position!r}")
+        if resample not in RESAMPLE_MODES:
+            raise ValueError(f"resample must be one of {RESAMPLE_MODES}, got {resample!r}")
+        self.resample = resample
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
 
     @property
@@ -114,12 +130,61 @@ class ImageEmbedder(nn.Module):
                 f"{self.grid[0] * self.patch_size}); pass interpolate_pos_encoding=True or "
                 "call resize_position_embeddings()"
             )
-        return resample_abs_pos_embed(
-            self.pos_embed,
-            new_size=list(grid),
-            old_size=list(self.grid),
-            num_prefix_tokens=self.num_prefix_tokens,
-        )
+        prefix = self.pos_embed[:, : self.num_prefix_tokens]
+        return torch.cat([prefix, self._spatial(grid)], dim=1)
+
+    def _spatial(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The learned patch positions resampled to ``grid``, `(1, h*w, D)`."""
+        table = self.pos_embed[:, self.num_prefix_tokens :]  # (1, N, D)
+        if grid == self.grid:
+            return table
+        if self.resample == "bicubic":
+            return resample_abs_pos_embed(
+                table, new_size=list(grid), old_size=list(self.grid), num_prefix_tokens=0
+            )
+        # ViLT: (1, N, D) -> (1, D, gh, gw), bilinear with aligned corners, back to (1, h*w, D)
+        spatial = table.transpose(1, 2).reshape(1, -1, *self.grid)
+        out = F.interpolate(spatial, size=grid, mode="bilinear", align_corners=True)
+        return out.flatten(2).transpose(1, 2)
+
+    def masked_positions(
+        self, pixel_mask: torch.Tensor, grid: tuple[int, int], like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image positions for a padded batch, as ViLT's ``visual_embed``.
+
+        Each image's real region (the top-left ``h x w`` patches of its pixel mask, sampled at
+        the patch grid like ViLT) gets the position table resampled to ``h x w``; padding
+        patches get zero positions and are masked out.
+
+        Args:
+            pixel_mask: `(B, H, W)`, 1 = real pixel.
+            grid: the batch's patch grid ``(H/P, W/P)``.
+            like: a tensor with the output dtype / device.
+
+        Returns:
+            ``(positions (B, h*w, D) for the patches, patch mask bool (B, h*w))``.
+        """
+        if pixel_mask.dim() != 3:
+            raise ValueError(
+                f"pixel_mask must be (batch, height, width), got shape {tuple(pixel_mask.shape)}"
+            )
+        # nearest sampling of the pixel mask at the patch grid (ViLT): (B, gh, gw)
+        patches = F.interpolate(pixel_mask[:, None].float(), size=grid).long()[:, 0]
+        heights = patches.sum(dim=1)[:, 0].tolist()  # real rows in the first column
+        widths = patches.sum(dim=2)[:, 0].tolist()  # real columns in the first row
+        cache: dict[tuple[int, int], torch.Tensor] = {}
+        tables = []
+        for h, w in zip(heights, widths, strict=True):
+            if (h, w) not in cache:
+                if self.pos_embed is None:
+                    table = sincos_2d((h, w), like.shape[-1]).to(like)[None]  # (1, h*w, D)
+                else:
+                    table = self._spatial((h, w)).to(like)
+                table = table.transpose(1, 2).reshape(1, -1, h, w)  # (1, D, h, w)
+                table = F.pad(table, (0, grid[1] - w, 0, grid[0] - h))  # (1, D, gh, gw)
+                cache[(h, w)] = table.flatten(2).transpose(1, 2)  # (1, gh*gw, D)
+            tables.append(cache[(h, w)])
+        return torch.cat(tables, dim=0), patches.flatten(1).bool()
 
     @torch.no_grad()
     def resize_position_embeddings(self, image_size: int) -> None:
@@ -158,6 +223,7 @@ class ImageEmbedder(nn.Module):
         keep_ids: torch.Tensor | None = None,
         masked_patches: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
+        pixel_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
         """Embed patches (and the CLS token).
 
@@ -168,10 +234,14 @@ class ImageEmbedder(nn.Module):
             masked_patches: bool `(B, N)`, True = replace the patch embedding with the mask
                 token before the position is added (BEiT / FLAVA).
             interpolate_pos_encoding: resample the learned table when the grid differs.
+            pixel_mask: `(B, H, W)` 1 = real pixel, for a batch of images of different sizes
+                padded bottom / right (ViLT): each image gets the position table resampled to
+                its own patch grid and its padding patches are masked (see
+                :meth:`masked_positions`).
 
         Returns:
             ``(tokens (B, prefix + Nk, D), valid (B, prefix + Nk) bool or None, grid)``; valid
-            is None without ``keep_ids`` (every slot is real).
+            is None without ``keep_ids`` or ``pixel_mask`` (every slot is real).
         """
         grid = self.check_pixels(pixel_values)
         x = self.patch_embed(pixel_values)  # (B, N, D)
@@ -186,19 +256,30 @@ class ImageEmbedder(nn.Module):
                 )
             w = masked_patches.unsqueeze(-1).to(x.dtype)  # (B, N, 1)
             x = x * (1 - w) + self.mask_token.to(x.dtype) * w
-        pos = self._positions(grid, interpolate_pos_encoding, x)
-        x = x + pos[:, self.num_prefix_tokens :]
         valid = None
+        if pixel_mask is None:
+            pos = self._positions(grid, interpolate_pos_encoding, x)
+            x = x + pos[:, self.num_prefix_tokens :]
+        else:
+            if pixel_mask.shape != (x.shape[0], *pixel_values.shape[2:]):
+                raise ValueError(
+                    f"pixel_mask has shape {tuple(pixel_mask.shape)}, expected "
+                    f"{(x.shape[0], *pixel_values.shape[2:])} (batch, height, width)"
+                )
+            spatial, valid = self.masked_positions(pixel_mask, grid, x)
+            x = x + spatial
+            pos = self.pos_embed if self.pos_embed is not None else x.new_zeros(1, 1, x.shape[-1])
         if keep_ids is not None:
             if keep_ids.is_floating_point() or keep_ids.dtype == torch.bool:
                 raise TypeError("keep_ids must be integer patch indices")
             # (B, Nk) -> (B, Nk, D): gather the kept patches; -1 slots read patch 0 and are masked
             index = keep_ids.clamp(min=0).unsqueeze(-1).expand(-1, -1, x.shape[-1])
             x = torch.gather(x, 1, index)
-            valid = keep_ids >= 0
+            slot = keep_ids >= 0
+            valid = slot if valid is None else slot & torch.gather(valid, 1, keep_ids.clamp(min=0))
         if self.cls_token is not None:
             cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
             x = torch.cat([cls, x], dim=1)
             if valid is not None:
                 valid = torch.cat([valid.new_ones(valid.shape[0], 1), valid], dim=1)
-        return self.dropout(x), valid, grid
+        return self.dropout(self.norm(x)), valid, grid

@@ -19,6 +19,7 @@ class UnimodalTower(nn.Module):
         depth: number of blocks (> 0).
         dim, num_heads, mlp_hidden, qkv_bias, drop, attn_drop, drop_path, norm_eps: as
             :class:`~onetower.layers.Block`.
+        post_norm: BERT-order blocks and no final norm (a text tower from BERT / RoBERTa).
     """
 
     def __init__(
@@ -32,12 +33,22 @@ class UnimodalTower(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
+        post_norm: bool = False,
     ) -> None:
         super().__init__()
         if depth <= 0:
             raise ValueError(f"a unimodal tower needs at least one layer, got {depth}")
         self.encoder = BlockStack(
-            depth, dim, num_heads, mlp_hidden, qkv_bias, drop, attn_drop, drop_path, norm_eps
+            depth,
+            dim,
+            num_heads,
+            mlp_hidden,
+            qkv_bias,
+            drop,
+            attn_drop,
+            drop_path,
+            norm_eps,
+            post_norm=post_norm,
         )
         self.to_fusion = nn.Linear(dim, dim)
 

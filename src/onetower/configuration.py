@@ -75,12 +75,19 @@ class OneTowerConfig(PreTrainedConfig):
     Text:
         vocab_size, max_text_len, pad_token_id; text_position ``"learned"`` | ``"sincos"``;
         text_embed_norm: LayerNorm after the text embedding sum (BERT/ViLT).
+        text_layer_norm_eps: epsilon of the text embedding and text tower LayerNorms (None =
+            ``layer_norm_eps``; a BERT text side next to a timm image side needs both).
     Image:
         image_size, patch_size, num_channels; image_cls_token; image_position ``"learned"`` |
-        ``"sincos"``; use_mask_token: learned token for masked patches (BEiT/FLAVA MIM).
+        ``"sincos"``; image_position_resample: how the learned table is resampled to another
+        patch grid or to each image of a padded batch (``pixel_mask``): ``"bicubic"`` (timm) or
+        ``"bilinear"`` (ViLT, aligned corners); image_embed_norm: LayerNorm after the image
+        embedding (CLIP's pre-norm); use_mask_token: learned token for masked patches (BEiT/FLAVA MIM).
     Unimodal towers (FLAVA style; 0 = none):
         text_tower_layers, image_tower_layers: transformer layers run on one modality before
         fusion, followed by a norm and a linear projection into the fusion encoder.
+        text_tower_post_norm: the text tower's blocks in BERT's post-LN order (no final norm),
+            for a text tower initialised from BERT / RoBERTa / XLM-R.
     Task heads (VQA, NLVR2):
         classifier_pooling: what the classifier reads: ``"cls"`` the pooled output (ViLT);
             ``"cls+patches"`` also the max and the mean over the fused image-patch tokens.
@@ -110,14 +117,18 @@ class OneTowerConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
     text_position: str = "learned"
     text_embed_norm: bool = True
+    text_layer_norm_eps: float | int | None = None
     image_size: int = 224
     patch_size: int = 16
     num_channels: int = 3
     image_cls_token: bool = True
     image_position: str = "learned"
+    image_position_resample: str = "bicubic"
+    image_embed_norm: bool = False
     use_mask_token: bool = False
     text_tower_layers: int = 0
     image_tower_layers: int = 0
+    text_tower_post_norm: bool = False
     classifier_pooling: str = "cls"
     multi_image_method: str = "pair"
 
@@ -168,6 +179,11 @@ class OneTowerConfig(PreTrainedConfig):
         ):
             if value not in ("learned", "sincos"):
                 raise ValueError(f"{name} must be 'learned' or 'sincos', got {value!r}")
+        if self.image_position_resample not in ("bicubic", "bilinear"):
+            raise ValueError(
+                "image_position_resample must be 'bicubic' or 'bilinear', got "
+                f"{self.image_position_resample!r}"
+            )
         if self.classifier_pooling not in POOLINGS:
             raise ValueError(
                 f"classifier_pooling must be one of {POOLINGS}, got {self.classifier_pooling!r}"

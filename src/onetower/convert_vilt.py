@@ -12,7 +12,13 @@ Usage::
     vilt = ViltModel.from_pretrained("dandelin/vilt-b32-mlm")
     model = convert_vilt_to_onetower(vilt)
 
-or from the command line: ``python -m onetower.convert_vilt SRC_DIR DST_DIR``.
+or from the command line: ``python -m onetower.convert_vilt SRC_DIR DST_DIR``, which also
+writes the MLM head of a ``ViltForMaskedLM`` (or the ITM head of a
+``ViltForImageAndTextRetrieval``) as ``objectives.safetensors``, so pretraining continues from
+``DST_DIR`` with ``model.init=DST_DIR``.
+
+Variable resolution: pass ViLT's ``pixel_mask`` to the converted model (``pixel_mask=``); each
+image gets the position table resampled bilinearly to its own grid, as ViLT does.
 
 Note: ViLT's ``visual_embed`` visits image patches in a random order (``torch.multinomial``);
 attention is order-free, so text states and the pooled output match exactly and image-token
@@ -27,6 +33,7 @@ from typing import Any
 import torch
 
 from onetower.configuration import OneTowerConfig
+from onetower.convert_io import refuse_existing, save_converted
 from onetower.modeling import OneTowerModel
 from onetower.task_models import (
     OneTowerForImagesAndTextClassification,
@@ -70,6 +77,7 @@ def vilt_config_to_onetower(vilt_config: Any, **overrides: Any) -> OneTowerConfi
         num_channels=c.num_channels,
         image_cls_token=True,
         image_position="learned",
+        image_position_resample="bilinear",
         multiway=False,
     )
     return OneTowerConfig(**{**fields, **overrides})
@@ -172,6 +180,45 @@ def convert_vilt_to_onetower(
     return out.to(model.dtype)
 
 
+def convert_vilt_heads(vilt: Any) -> dict[str, torch.Tensor]:
+    """The pretraining heads a ViLT model carries, keyed as onetower's heads file.
+
+    * ``ViltForMaskedLM``: the MLM head (``mlm.*``): transform and bias; its decoder weight is
+      the token embedding (tied), as onetower's MLM head.
+    * ``ViltForImageAndTextRetrieval``: the ITM head (``itm.*``). Its one score ``s`` becomes
+      the 2-way classifier ``[0, s]``: softmax gives P(match) = sigmoid(s), ViLT's score.
+
+    Any other ViLT model carries no pretraining head: an empty dict.
+
+    Raises:
+        ValueError: an MLM decoder that is not tied to the token embedding.
+    """
+    name = type(vilt).__name__
+    if name == "ViltForMaskedLM":
+        head = vilt.mlm_score
+        embedding = vilt.vilt.embeddings.text_embeddings.word_embeddings.weight
+        if not torch.equal(head.decoder.weight, embedding):
+            raise ValueError(
+                "this ViltForMaskedLM's MLM decoder is not tied to its token embedding; "
+                "onetower's MLM head decodes with the token embedding"
+            )
+        t = head.transform
+        return {
+            "mlm.transform.dense.weight": t.dense.weight,
+            "mlm.transform.dense.bias": t.dense.bias,
+            "mlm.transform.norm.weight": t.LayerNorm.weight,
+            "mlm.transform.norm.bias": t.LayerNorm.bias,
+            "mlm.bias": head.decoder.bias,
+        }
+    if name == "ViltForImageAndTextRetrieval":
+        w, b = vilt.rank_output.weight, vilt.rank_output.bias  # (1, D), (1,)
+        return {
+            "itm.classifier.weight": torch.cat([torch.zeros_like(w), w], dim=0),
+            "itm.classifier.bias": torch.cat([torch.zeros_like(b), b], dim=0),
+        }
+    return {}
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: convert a local ViLT checkpoint folder into a onetower checkpoint folder."""
     import transformers
@@ -181,12 +228,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("dst", help="output folder for the onetower checkpoint")
     p.add_argument("--encoder-only", action="store_true", help="drop a VQA / NLVR2 head")
     args = p.parse_args(argv)
+    refuse_existing(args.dst)
     # the checkpoint's own class (from config.architectures), so VQA / NLVR2 heads come along
-    arch = (transformers.AutoConfig.from_pretrained(args.src).architectures or ["ViltModel"])[0]
+    src_config = transformers.AutoConfig.from_pretrained(args.src)
+    if src_config.model_type != "vilt":
+        raise SystemExit(
+            f"{args.src} holds a {src_config.model_type!r} model, not ViLT: nothing written"
+        )
+    arch = (src_config.architectures or ["ViltModel"])[0]
     cls = getattr(transformers, arch if arch.startswith("Vilt") else "ViltModel")
-    model = convert_vilt_to_onetower(cls.from_pretrained(args.src), encoder_only=args.encoder_only)
-    model.save_pretrained(args.dst)
-    print(f"wrote {args.dst}")
+    vilt = cls.from_pretrained(args.src)
+    model = convert_vilt_to_onetower(vilt, encoder_only=args.encoder_only)
+    heads = convert_vilt_heads(vilt)
+    save_converted(model, args.dst, heads)
+    print(
+        f"wrote {args.dst}"
+        + (f" with heads {sorted({k.split('.')[0] for k in heads})}" if heads else "")
+    )
 
 
 if __name__ == "__main__":

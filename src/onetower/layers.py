@@ -111,6 +111,8 @@ class Block(nn.Module):
         drop_path: stochastic-depth rate of this block.
         norm_eps: LayerNorm epsilon.
         num_experts: 1 (shared weights) or 2 (Multiway text/image experts).
+        post_norm: BERT's post-LN order, ``norm1(x + attn(x))`` then ``norm2(x + mlp(x))``
+            (text towers initialised from BERT / RoBERTa / XLM-R).
     """
 
     def __init__(
@@ -124,8 +126,12 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
         num_experts: int = 1,
+        post_norm: bool = False,
     ) -> None:
         super().__init__()
+        if post_norm and num_experts != 1:
+            raise ValueError("post-norm blocks (BERT) have no Multiway mode")
+        self.post_norm = post_norm
         if num_experts not in (1, 2):
             raise ValueError(f"num_experts must be 1 or 2, got {num_experts}")
         self.num_experts = num_experts
@@ -156,6 +162,9 @@ class Block(nn.Module):
         Returns:
             `(B, L, D)`.
         """
+        if self.post_norm:
+            x = self.norm1(x + self.drop_path(self.attn(x, attn_mask)))
+            return self.norm2(x + self.drop_path(self.mlp(x)))
         x = x + self.drop_path(self.attn(route(self.norm1, x, split), attn_mask))
         x = x + self.drop_path(route(self.mlp, route(self.norm2, x, split), split))
         return x
@@ -164,7 +173,8 @@ class Block(nn.Module):
 class BlockStack(nn.Module):
     """N :class:`Block` s with a linearly increasing stochastic-depth rate, plus a final norm.
 
-    Used both as a unimodal tower and as the fusion encoder.
+    Used both as a unimodal tower and as the fusion encoder. ``post_norm`` stacks BERT-order
+    blocks and no final norm.
     """
 
     def __init__(
@@ -179,14 +189,28 @@ class BlockStack(nn.Module):
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
         num_experts: int = 1,
+        post_norm: bool = False,
     ) -> None:
         super().__init__()
         rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_hidden, qkv_bias, drop, attn_drop, r, norm_eps, num_experts)
+            Block(
+                dim,
+                num_heads,
+                mlp_hidden,
+                qkv_bias,
+                drop,
+                attn_drop,
+                r,
+                norm_eps,
+                num_experts,
+                post_norm,
+            )
             for r in rates
         )
-        if num_experts == 1:
+        if post_norm:  # each block ends with a norm (BERT): no final one
+            self.norm = nn.Identity()
+        elif num_experts == 1:
             self.norm = nn.LayerNorm(dim, eps=norm_eps)
         else:
             self.norm = nn.ModuleList(nn.LayerNorm(dim, eps=norm_eps) for _ in range(num_experts))

@@ -131,13 +131,14 @@ class OneTowerModel(OneTowerPreTrainedModel):
         super().__init__(config)
         c = config
         D = c.hidden_size
+        text_eps = c.layer_norm_eps if c.text_layer_norm_eps is None else c.text_layer_norm_eps
         self.text = TextEmbedder(
             c.vocab_size,
             D,
             c.max_text_len,
             c.text_position,
             c.text_embed_norm,
-            c.layer_norm_eps,
+            text_eps,
             c.hidden_dropout_prob,
             c.pad_token_id,
         )
@@ -150,6 +151,9 @@ class OneTowerModel(OneTowerPreTrainedModel):
             c.image_position,
             c.use_mask_token,
             c.hidden_dropout_prob,
+            c.image_position_resample,
+            c.image_embed_norm,
+            c.layer_norm_eps,
         )
         tower = dict(
             dim=D,
@@ -162,7 +166,13 @@ class OneTowerModel(OneTowerPreTrainedModel):
             norm_eps=c.layer_norm_eps,
         )
         self.text_tower = (
-            UnimodalTower(c.text_tower_layers, **tower) if c.text_tower_layers else None
+            UnimodalTower(
+                c.text_tower_layers,
+                **{**tower, "norm_eps": text_eps},
+                post_norm=c.text_tower_post_norm,
+            )
+            if c.text_tower_layers
+            else None
         )
         self.image_tower = (
             UnimodalTower(c.image_tower_layers, **tower) if c.image_tower_layers else None
@@ -192,6 +202,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
         output_hidden_states: bool = False,
         fuse: bool = True,
         attention: str = "bidirectional",
+        pixel_mask: torch.Tensor | None = None,
     ) -> EncoderOutput:
         """Encode text, image or both.
 
@@ -218,6 +229,10 @@ class OneTowerModel(OneTowerPreTrainedModel):
                 after the towers: ``last_hidden_state`` is then the concatenated tower states
                 and ``pooler_output`` the first CLS tower state, with no pooler applied
                 (FLAVA's unimodal views).
+            pixel_mask: `(B, H, W)` 1 = real pixel, for images of different sizes padded
+                bottom / right into one batch (ViLT's variable resolution): each image gets
+                the position table resampled to its own patch grid
+                (``config.image_position_resample``) and its padding patches are masked.
             attention: ``"bidirectional"`` (every token sees every real token) or
                 ``"seq2seq"`` (captioning / PrefixLM: image tokens see the image, each text
                 token sees the image and the text up to itself); for models without a text
@@ -244,6 +259,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
                 image_keep_ids,
                 bool_masked_pos,
                 patch_attention_mask,
+                pixel_mask,
             )
             pixel_values = pixel_values.flatten(0, 1)  # (B I, C, H, W): image-major per row
         else:
@@ -268,7 +284,7 @@ class OneTowerModel(OneTowerPreTrainedModel):
             self._add_text(streams, x, valid)
         if pixel_values is not None:
             x, valid, grid = self.image(
-                pixel_values, image_keep_ids, bool_masked_pos, interpolate_pos_encoding
+                pixel_values, image_keep_ids, bool_masked_pos, interpolate_pos_encoding, pixel_mask
             )  # (B, prefix + Nk, D)
             if patch_attention_mask is not None:
                 valid = self._patch_valid(patch_attention_mask.bool(), image_keep_ids, valid, grid)

@@ -3,24 +3,37 @@ per-step masking their views declare."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
 
-from onetower.configuration import OneTowerConfig
+from onetower.backbones import config_fields, init_from_backbones, load_hf_text, load_timm
+from onetower.configuration import SIZES, OneTowerConfig
 from onetower.data.batch_masking import BatchMasker
 from onetower.hub import onetower_folder
 from onetower.modeling import OneTowerModel
 from onetower.objectives import MASKED_PAIR, MaskedPairView, ObjectiveComposer
+from onetower.pretraining.heads_io import HEADS_FILE
 from onetower.training.config import ConfigError
 
 
 def build_model(cfg: DictConfig, tokenizer: Any) -> OneTowerModel:
     """The encoder: ``model.init`` (a saved onetower model) or a new one from ``model.size``
-    plus any ``OneTowerConfig`` field, sized to the tokenizer and the data."""
+    plus any ``OneTowerConfig`` field, sized to the tokenizer and the data; its image side
+    from ``model.init_image`` (a timm ViT) and its text side from ``model.init_text`` (a BERT /
+    RoBERTa / XLM-R), see :mod:`onetower.backbones`."""
     fields = OmegaConf.to_container(cfg.model, resolve=True)
     init = fields.pop("init", None)
+    fields.pop("init_heads", None)  # read by build_composer
     size = fields.pop("size", None)
+    image_spec, text_spec = fields.pop("init_image", None), fields.pop("init_text", None)
+    if init and (image_spec or text_spec):
+        raise ConfigError(
+            "model.init loads a whole saved model: drop model.init_image / model.init_text"
+        )
     if init:
         if fields or size:
             raise ConfigError(
@@ -36,14 +49,18 @@ def build_model(cfg: DictConfig, tokenizer: Any) -> OneTowerModel:
             pad_token_id=tokenizer.pad_token_id,
         )
         try:
+            image = load_timm(image_spec) if image_spec else None
+            text = load_hf_text(text_spec) if text_spec else None
+            # the backbones' own sizes over the named size; explicit fields must agree
+            chosen = {**(SIZES[size] if size in SIZES else {}), **config_fields(image, text)}
             config = (
-                OneTowerConfig.from_size(size, **{**defaults, **fields})
+                OneTowerConfig.from_size(size, **{**defaults, **chosen, **fields})
                 if size
-                else OneTowerConfig(**{**defaults, **fields})
+                else OneTowerConfig(**{**defaults, **chosen, **fields})
             )
+            model = init_from_backbones(OneTowerModel(config), image, text)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model: {e}") from None
-        model = OneTowerModel(config)
     c = model.config
     if len(tokenizer) > c.vocab_size:
         raise ConfigError(
@@ -59,12 +76,71 @@ def build_model(cfg: DictConfig, tokenizer: Any) -> OneTowerModel:
 
 
 def build_composer(cfg: DictConfig, model: OneTowerModel) -> ObjectiveComposer:
-    """The objective heads and their weights, from the ``objectives`` section."""
+    """The objective heads and their weights, from the ``objectives`` section; with
+    ``model.init``, the heads saved in that folder (see :func:`load_init_heads`)."""
     stanzas = OmegaConf.to_container(cfg.objectives, resolve=True)
     try:
-        return ObjectiveComposer.from_config(model, stanzas, seed=cfg.run.seed)
+        composer = ObjectiveComposer.from_config(model, stanzas, seed=cfg.run.seed)
     except ValueError as e:
         raise ConfigError(f"objectives: {e}") from None
+    load_init_heads(cfg, composer)
+    return composer
+
+
+def load_init_heads(cfg: DictConfig, composer: ObjectiveComposer) -> list[str]:
+    """Start the enabled heads from ``model.init``'s heads file; returns the heads loaded.
+
+    ``model.init_heads`` (with ``model.init``): ``auto`` (default) loads every enabled head
+    from the folder's ``objectives.safetensors`` and is an error naming the heads it lacks;
+    ``none`` starts every head random; a list (``[mlm]``) loads those and starts the others
+    random. A folder without a heads file starts the heads random only with ``none``.
+    """
+    init = cfg.model.get("init")
+    choice = cfg.model.get("init_heads", "auto")
+    if not init:
+        if choice not in (None, "auto"):
+            raise ConfigError("model.init_heads needs model.init (the folder holding the heads)")
+        return []
+    if choice == "none":
+        return []
+    enabled = list(composer.heads)
+    wanted = enabled if choice in (None, "auto") else list(choice)
+    unknown = sorted(set(wanted) - set(enabled))
+    if isinstance(choice, str) and choice not in ("auto", "none") or unknown:
+        raise ConfigError(
+            f"model.init_heads must be auto, none or a list of enabled objectives {enabled}, "
+            f"got {choice!r}"
+        )
+    path = Path(init) / HEADS_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"model.init={init} holds no objective heads ({HEADS_FILE} is missing): set "
+            "model.init_heads=none to start the heads random"
+        )
+    saved = load_file(str(path))
+    state = composer.heads.state_dict()
+    missing = [n for n in wanted if not any(k.startswith(f"{n}.") for k in saved)]
+    if missing:
+        present = sorted({k.split(".")[0] for k in saved})
+        raise ConfigError(
+            f"model.init={init} has no saved head for objective(s) {missing} (it holds "
+            f"{present}): list the heads to load, e.g. model.init_heads={present}, or disable "
+            "the others"
+        )
+    load: dict[str, torch.Tensor] = {}
+    for name in wanted:
+        mine = {k for k in state if k.startswith(f"{name}.")}
+        theirs = {k for k in saved if k.startswith(f"{name}.")}
+        bad = sorted(k for k in mine & theirs if saved[k].shape != state[k].shape)
+        if mine != theirs or bad:
+            raise ConfigError(
+                f"model.init={init}: the saved {name!r} head does not fit the one built from "
+                f"objectives.{name}: missing {sorted(mine - theirs)[:4]}, unexpected "
+                f"{sorted(theirs - mine)[:4]}, other shapes {bad[:4]}"
+            )
+        load.update({k: saved[k] for k in theirs})
+    composer.heads.load_state_dict(load, strict=False)
+    return wanted
 
 
 def build_masker(tokenizer: Any, composer: ObjectiveComposer) -> BatchMasker:

@@ -1,0 +1,97 @@
+"""Continue pretraining from an imported model: the recipe starts from the converted folder
+(encoder and heads) and its first-step loss is the source model's loss on the same batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import ViltConfig, ViltForMaskedLM
+
+from onetower.convert_io import save_converted
+from onetower.convert_vilt import convert_vilt_heads, convert_vilt_to_onetower
+from onetower.data import keys
+from onetower.data.batch_masking import step_generator
+from onetower.pretraining import pretrain
+from onetower.pretraining.task import PretrainTask
+from onetower.training.config import ConfigError
+
+from ..conftest import debug_config
+
+
+def capture_first_batch(monkeypatch) -> list[dict]:
+    """Record each step's masked batch, masked exactly as PretrainTask.step masks it."""
+    seen: list[dict] = []
+    step = PretrainTask.step
+
+    def recording(self, module, batch, ctx):
+        if not seen:
+            seen.append(self.masker(batch, step_generator(ctx.seed, ctx.step), ctx.slot, ctx.slots))
+        return step(self, module, batch, ctx)
+
+    monkeypatch.setattr(PretrainTask, "step", recording)
+    return seen
+
+
+def converted_vilt(folder: Path) -> ViltForMaskedLM:
+    torch.manual_seed(0)
+    config = ViltConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        vocab_size=512,
+        max_position_embeddings=16,
+        image_size=32,
+        patch_size=8,
+    )
+    vilt = ViltForMaskedLM(config).eval()
+    with torch.no_grad():
+        for p in vilt.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    vilt.tie_weights()
+    save_converted(convert_vilt_to_onetower(vilt), folder, convert_vilt_heads(vilt))
+    return vilt
+
+
+def test_vilt_like_continues_from_a_converted_vilt(tmp_path, worlds, monkeypatch) -> None:
+    vilt = converted_vilt(tmp_path / "vilt")
+    seen = capture_first_batch(monkeypatch)
+    cfg = debug_config(
+        "vilt_like",
+        tmp_path,
+        f"model.init={tmp_path / 'vilt'}",
+        "model.size=null",
+        "objectives.itm.weight=0",  # ViltForMaskedLM has no ITM head
+        "train.max_steps=3",
+        "train.log_every=1",
+        "train.lr=1e-3",
+        "data.ratios.texts=0",
+        "data.ratios.images=0",
+        world=worlds(8),
+    )
+    result = pretrain(cfg)
+    batch = seen[0]
+    with torch.no_grad():
+        logits = vilt(
+            input_ids=batch[keys.MLM_INPUT_IDS],
+            attention_mask=batch[keys.ATTENTION_MASK],
+            pixel_values=batch[keys.PIXEL_VALUES],
+        ).logits
+    labels = batch[keys.MLM_LABELS]
+    ref = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100).item()
+    first = result.history["mlm_loss"][0][1]
+    assert first == pytest.approx(ref, abs=1e-5)
+    assert len(result.history["loss"]) == 3
+
+
+def test_missing_head_and_wrong_folder_are_named(tmp_path, worlds) -> None:
+    converted_vilt(tmp_path / "vilt")
+    cfg = debug_config(
+        "vilt_like", tmp_path, f"model.init={tmp_path / 'vilt'}", "model.size=null", world=worlds(8)
+    )
+    with pytest.raises(ConfigError, match=r"no saved head for objective\(s\) \['itm'\]"):
+        pretrain(cfg)
+    assert not (tmp_path / "vilt_like").exists()  # nothing claimed
