@@ -20,6 +20,7 @@ from onetower.evaluation.zero_shot import (
 )
 from onetower.pretraining import pretrain
 from onetower.training import load_config
+from onetower.training.config import ConfigError
 
 from ..conftest import debug_config
 
@@ -90,7 +91,14 @@ def test_itm_rerank_reorders_only_the_top_k(flava_run) -> None:
             pixel_values=b["pixel_values"][:1].expand(16, -1, -1, -1),
         )
         logits = composer.heads["itm"].classifier(out.pooler_output)
-    torch.testing.assert_close(i2t[0], logits[:, 1] - logits[:, 0], atol=1e-4, rtol=0)
+    # default: ITM log P(match) + the contrastive logit; "itm": ITM alone (ALBEF)
+    log_match = logits.float().log_softmax(-1)[:, 1]
+    scale = composer.heads["contrastive"].scale().exp()
+    torch.testing.assert_close(i2t[0], log_match + scale * sim[0], atol=1e-4, rtol=0)
+    itm_only, _ = itm_rerank(composer, sim, batches, k=16, score="itm")
+    torch.testing.assert_close(itm_only[0], log_match, atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="itm_rerank_score"):
+        itm_rerank(composer, sim, batches, k=16, score="logits")
     # k = 1: the top-1 is unchanged, so R@1 equals the contrastive R@1
     captions = [f"{i}" for i in range(16)]
     one = recall_at_k(*itm_rerank(composer, sim, batches, k=1), captions)
