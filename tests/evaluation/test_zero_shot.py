@@ -119,6 +119,7 @@ def test_evaluate_recipe(flava_run, tmp_path) -> None:
             "itm_rerank_k=5",
             "max_samples=24",
             "batch_size=10",
+            "retrieval.max_images=12",
             f"output={out}",
         ],
     )
@@ -128,6 +129,11 @@ def test_evaluate_recipe(flava_run, tmp_path) -> None:
         assert 0 <= metrics[key] <= 100, key
     assert metrics["i2t_r1"] <= metrics["i2t_r5"] <= metrics["i2t_r10"]
     assert metrics["zero_shot_chance"] >= 25  # at most the 4 shapes
+    # the synthetic world's grouped-caption split, by the Karpathy protocol
+    assert metrics["karpathy/n_images"] == 12 and metrics["karpathy/n_captions"] > 12
+    assert metrics["karpathy/chance/t2i_r1"] == pytest.approx(100 / 12)
+    for key in ("karpathy/i2t_r1", "karpathy/t2i_r10", "karpathy/itm_rerank/t2i_r1"):
+        assert 0 <= metrics[key] <= 100, key
     broken = tmp_path / "broken"
     shutil.copytree(flava_run.output_dir, broken)
     (broken / "final" / HEADS_FILE).unlink()

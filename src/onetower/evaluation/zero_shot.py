@@ -33,7 +33,7 @@ from onetower.data import (
 )
 from onetower.data.karpathy import RetrievalSplit, read_coco_captions, read_karpathy
 from onetower.data.synthetic import RETRIEVAL_FILE, shape_labels
-from onetower.evaluation.retrieval import RERANK_SCORES, evaluate_retrieval
+from onetower.finetuning.retrieval_eval import RERANK_SCORES, evaluate_retrieval
 from onetower.modeling import OneTowerModel
 from onetower.objectives import ContrastiveHead, ITMHead, ObjectiveComposer
 from onetower.objectives.contrastive import image_features, text_features
@@ -104,8 +104,6 @@ def embed_images(composer: ObjectiveComposer, pixels: torch.Tensor) -> torch.Ten
     head = _need(composer, ContrastiveHead, "zero-shot classification")
     image = _view(composer, {keys.PIXEL_VALUES: pixels}, "image")
     return F.normalize(head.image_proj(image_features(image)).float(), dim=-1)
-
-
 
 
 def itm_scorer(
