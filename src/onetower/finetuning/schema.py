@@ -16,6 +16,10 @@ class TaskSection:
     train_split: str | None = None  #: null = train2014 (VQA) / train (NLVR2)
     eval_splits: list[str] | None = None  #: null = [val2014] (VQA) / [dev] (NLVR2)
     min_answer_count: int = 9  #: VQA vocabulary: answers given for >= this many questions
+    #: VQA accuracy as the current official code computes it ("master", 2021: ground truth
+    #: and prediction normalised when the 10 answers differ) or as before 2021 ("pre2021":
+    #: prediction always normalised, ground truth only de-punctuated); see vqa_metric.py
+    vqa_metric: str = "master"
     head_lr_mult: float = 10.0  #: the new head's lr = train.lr x this (ViLT: 10)
     #: what a new head reads: "cls" (ViLT: the pooled output) or "cls+patches" (plus the max
     #: and mean of the fused image-patch tokens; see onetower.task_models.pooled_features)
