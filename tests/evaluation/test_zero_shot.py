@@ -52,7 +52,14 @@ def flava_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("flava")
     result = pretrain(
-        debug_config("flava_like", tmp, "train.max_steps=6", "data.synthetic.n_val=24")
+        debug_config(
+            "flava_like",
+            tmp,
+            "train.max_steps=6",
+            "train.eval_every=3",
+            "data.synthetic.n_val=24",
+            "run.tracker=tensorboard",
+        )
     )
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
@@ -139,3 +146,26 @@ def test_evaluate_recipe(flava_run, tmp_path) -> None:
     (broken / "final" / HEADS_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="not a finished pretraining run"):
         load_pretrained_run(broken)
+
+
+def test_zero_shot_during_training_every_eval(flava_run) -> None:
+    """Retrieval R@1/5/10 and zero-shot classification per probe-word group at every
+    ``train.eval_every`` step and at the end, in the history and the tracker's event file."""
+    for key in ("eval/i2t_r5", "eval/t2i_r10", "eval/zero_shot_shape_acc"):
+        assert [s for s, _ in flava_run.history[key]] == [3, 6], key
+    m = flava_run.metrics
+    assert m["eval/zero_shot_shape_chance"] == 25.0 and m["eval/zero_shot_colour_chance"] == 100 / 6
+    assert 0 < m["eval/zero_shot_shape_n"] <= 24
+    assert "zero-shot shape classification" in flava_run.summary
+    events = list(flava_run.output_dir.rglob("events.out.tfevents.*"))
+    assert events and any(b"zero_shot_shape_acc" in e.read_bytes() for e in events)
+
+
+def test_caption_label_names_one_word_or_none() -> None:
+    from onetower.pretraining.evaluate import caption_label
+
+    words = ["circle", "square"]
+    assert caption_label("a red circle left of a blue circle", words) == "circle"
+    assert caption_label("two squares", words) == "square"
+    assert caption_label("a circle above a square", words) is None
+    assert caption_label("a triangle", words) is None
