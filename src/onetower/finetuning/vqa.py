@@ -3,9 +3,11 @@ targets from the ten human answers, BCE, scored with the official VQA accuracy."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from omegaconf import DictConfig
 
@@ -16,6 +18,19 @@ from onetower.finetuning.spec import TaskData, inputs, labels_match, limit
 from onetower.finetuning.vqa_metric import VARIANTS, evaluate_vqa, normalize_answer, write_results
 from onetower.task_models import OneTowerForQuestionAnswering, TaskModel
 from onetower.training.config import ConfigError
+
+
+def read_splits(root: Path, splits: str) -> Any:
+    """One VQA subtype, or several joined with "+" (``train2014+val2014``) as one source."""
+    names = [n for n in splits.split("+") if n]
+    sources = [read_vqa(root, n) for n in names]
+    if len(sources) == 1:
+        return sources[0]
+    joined = datasets.concatenate_datasets([s.dataset for s in sources])
+    ids = joined["question_id"]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"task.train_split {splits!r}: the splits share question ids")
+    return replace(sources[0], dataset=joined)
 
 
 class VQATask:
@@ -38,12 +53,13 @@ class VQATask:
         t, counter = cfg.task, SkipCounter(max_bad_fraction=cfg.data.max_bad_fraction)
         if t.vqa_metric not in VARIANTS:
             raise ConfigError(f"task.vqa_metric must be one of {VARIANTS}, got {t.vqa_metric!r}")
-        train = read_vqa(root, t.train_split or self.default_train)
+        train = read_splits(root, t.train_split or self.default_train)
         check_images(train.dataset, root, ("image",), "question_id")
-        # ViLT's vocabulary: the normalised multiple-choice answer of each training question
-        # ("Two" and "2" are one label), kept if it occurs for >= min_answer_count questions
-        # (ViLT: 9, counted over VQA v2 train + val, gives 3,129)
-        chosen = ([normalize_answer(a)] for a in train.dataset["multiple_choice_answer"] if a)
+        # ViLT's vocabulary: the normalised multiple-choice answer of each question of the
+        # vocabulary splits ("Two" and "2" are one label), kept if it occurs for >=
+        # min_answer_count questions (ViLT: 9, counted over VQA v2 train + val: 3,129)
+        counted = read_splits(root, t.vocab_splits) if t.vocab_splits else train
+        chosen = ([normalize_answer(a)] for a in counted.dataset["multiple_choice_answer"] if a)
         vocab = answer_vocab(chosen, t.min_answer_count)
         if not vocab:
             raise ConfigError(
