@@ -45,7 +45,9 @@ def test_train_plus_val_submission_at_a_higher_resolution(tmp_path) -> None:
     world = tmp_path / "world"
     # a first run writes the world (its VQA files are then extended with test-dev)
     base = finetune(_config(tmp_path / "base", world, "train.max_steps=2"))
-    assert {"val2014/vqa_acc_yes_no", "val2014/vqa_acc_number"} <= set(base.metrics)  # per answer type figures
+    assert {"val2014/vqa_acc_yes_no", "val2014/vqa_acc_number"} <= set(
+        base.metrics
+    )  # per answer type figures
     assert base.metrics["val2014/vqa_metric_master"] == 1.0  # scored by the current official code
     (vqa_dir,) = world.glob("v*/vqa")
     _test_dev(vqa_dir)
