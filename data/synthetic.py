@@ -7,6 +7,8 @@ Layout under ``root``::
     vqa/v2_mscoco_{train2014,val2014}_annotations.json
     vqa/{train2014,val2014}/COCO_<subtype>_<12-digit id>.jpg
     nlvr2/{train,dev}.json (JSON lines) + nlvr2/images/{train,dev}/<id>-img{0,1}.png
+    retrieval/dataset_synthetic.json + retrieval/images/NNNNNN.png   (Karpathy split file:
+        images grouped with up to 5 captions each, splits "train" and "test")
     tokenizer/ (save_pretrained)   world.json (the spec, so a second call reuses the files)
 
 Usage: ``python -m onetower.data.synthetic OUT --n-train 2000 --n-val 200 --image-size 64``.
@@ -25,12 +27,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from onetower.data.karpathy import write_karpathy
 from onetower.data.tokenizer import train_wordpiece_tokenizer
 from onetower.data.world import SHAPES, WORLD_VERSION, caption, render, sample_scene
-from onetower.data.world_tasks import NLVR2Example, nlvr2_example, questions
+from onetower.data.world_tasks import NLVR2Example, nlvr2_example, questions, scene_captions
 
 VQA_SUBTYPES = {"train": "train2014", "validation": "val2014"}
 NLVR2_SPLITS = {"train": "train", "validation": "dev"}
+RETRIEVAL_FILE = "dataset_synthetic.json"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class WorldSpec:
     vqa_val: int = 100
     nlvr2_train: int = 500
     nlvr2_val: int = 100
+    #: the grouped-caption retrieval split (Karpathy layout): training and test images
+    retrieval_train: int = 500
+    retrieval_test: int = 200
     vocab_size: int = 512
     text_length: int = 32
     #: how scenes are drawn; a world written by another version is never reused
@@ -72,6 +79,11 @@ class SyntheticWorld:
     @property
     def nlvr2_dir(self) -> Path:
         return self.root / "nlvr2"
+
+    @property
+    def retrieval_file(self) -> Path:
+        """The Karpathy-layout split file of the grouped-caption retrieval split."""
+        return self.root / "retrieval" / RETRIEVAL_FILE
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -167,12 +179,37 @@ def write_nlvr2(out: Path, spec: WorldSpec) -> list[str]:
     return texts
 
 
+def write_retrieval(out: Path, spec: WorldSpec) -> None:
+    """Write the grouped-caption retrieval split: a Karpathy split file and its images.
+
+    Its captions use the pair captions' templates and words, so they are not added to the
+    tokenizer's training texts (the tokenizer stays what the other parts make)."""
+    images = []
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", spec.retrieval_train), ("test", spec.retrieval_test)):
+        rng = _rng(spec.seed, "retrieval", split)
+        for _ in range(n):
+            scene = sample_scene(rng)
+            name = f"{len(images):06d}.png"
+            render(scene, spec.image_size).save(out / "images" / name, compress_level=1)
+            images.append(
+                {
+                    "filename": name,
+                    "filepath": "images",
+                    "split": split,
+                    "sentences": scene_captions(scene),
+                }
+            )
+    write_karpathy(out / RETRIEVAL_FILE, "synthetic", images)
+
+
 def write_synthetic_world(root: str | Path, spec: WorldSpec) -> SyntheticWorld:
     """Write every part of the world and its tokenizer into ``root`` (overwrites files)."""
     root = Path(root)
     texts = write_pairs(root / "pairs", spec)
     texts += write_vqa(root / "vqa", spec)
     texts += write_nlvr2(root / "nlvr2", spec)
+    write_retrieval(root / "retrieval", spec)
     tokenizer = train_wordpiece_tokenizer(texts, spec.vocab_size, spec.text_length)
     tokenizer.save_pretrained(str(root / "tokenizer"))
     (root / "world.json").write_text(json.dumps(dataclasses.asdict(spec), indent=1))

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from dataclasses import dataclass
 
-from onetower.data.world import COLOURS, NUMBER_WORDS, SHAPES, Scene, sample_scene
+from onetower.data.world import (
+    COLOURS,
+    NUMBER_WORDS,
+    SHAPES,
+    Scene,
+    relation,
+    sample_scene,
+    where,
+)
 
 #: Each of the 10 synthetic annotators answers at random (same answer type) this often.
 ANNOTATOR_NOISE = 0.1
@@ -174,3 +183,27 @@ def nlvr2_example(rng: random.Random) -> NLVR2Example:
         left, right = sample_scene(rng), sample_scene(rng)
         if (sentence := statement(left, right, rng, label, kind)) is not None:
             return NLVR2Example(left, right, sentence, label, kind)
+
+
+def scene_captions(scene: Scene, n: int = 5) -> list[str]:
+    """Up to ``n`` distinct captions of one scene (the grouped-caption retrieval split, as COCO
+    and Flickr30K give each image 5): :func:`onetower.data.world.caption` for every order of
+    the objects, in a fixed order. A one-object scene has one caption, two objects two, three
+    objects six (the first ``n`` kept). Every caption of an image is a hit for it."""
+    out: list[str] = []
+    for order in itertools.permutations(scene.objects):
+        text = _ordered_caption(scene, list(order))
+        if text not in out:
+            out.append(text)
+    return out[:n]
+
+
+def _ordered_caption(scene: Scene, objs: list) -> str:
+    # world.caption with the shuffle replaced by a given order (same templates)
+    if len(objs) == 1:
+        return f"{objs[0].describe()} {where(objs[0])} on a {scene.background} background"
+    a, b = objs[0], objs[1]
+    text = f"{a.describe()} {relation(a, b)} {b.describe()}"
+    if len(objs) == 3:
+        text += f" and {objs[2].describe()} {where(objs[2])}"
+    return text

@@ -20,6 +20,7 @@ from onetower.evaluation.zero_shot import (
 )
 from onetower.pretraining import pretrain
 from onetower.training import load_config
+from onetower.training.config import ConfigError
 
 from ..conftest import debug_config
 
@@ -51,7 +52,14 @@ def flava_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("flava")
     result = pretrain(
-        debug_config("flava_like", tmp, "train.max_steps=6", "data.synthetic.n_val=24")
+        debug_config(
+            "flava_like",
+            tmp,
+            "train.max_steps=6",
+            "train.eval_every=3",
+            "data.synthetic.n_val=24",
+            "run.tracker=tensorboard",
+        )
     )
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
@@ -90,7 +98,14 @@ def test_itm_rerank_reorders_only_the_top_k(flava_run) -> None:
             pixel_values=b["pixel_values"][:1].expand(16, -1, -1, -1),
         )
         logits = composer.heads["itm"].classifier(out.pooler_output)
-    torch.testing.assert_close(i2t[0], logits[:, 1] - logits[:, 0], atol=1e-4, rtol=0)
+    # default: ITM log P(match) + the contrastive logit; "itm": ITM alone (ALBEF)
+    log_match = logits.float().log_softmax(-1)[:, 1]
+    scale = composer.heads["contrastive"].scale().exp()
+    torch.testing.assert_close(i2t[0], log_match + scale * sim[0], atol=1e-4, rtol=0)
+    itm_only, _ = itm_rerank(composer, sim, batches, k=16, score="itm")
+    torch.testing.assert_close(itm_only[0], log_match, atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="itm_rerank_score"):
+        itm_rerank(composer, sim, batches, k=16, score="logits")
     # k = 1: the top-1 is unchanged, so R@1 equals the contrastive R@1
     captions = [f"{i}" for i in range(16)]
     one = recall_at_k(*itm_rerank(composer, sim, batches, k=1), captions)
@@ -111,6 +126,7 @@ def test_evaluate_recipe(flava_run, tmp_path) -> None:
             "itm_rerank_k=5",
             "max_samples=24",
             "batch_size=10",
+            "retrieval.max_images=12",
             f"output={out}",
         ],
     )
@@ -120,8 +136,36 @@ def test_evaluate_recipe(flava_run, tmp_path) -> None:
         assert 0 <= metrics[key] <= 100, key
     assert metrics["i2t_r1"] <= metrics["i2t_r5"] <= metrics["i2t_r10"]
     assert metrics["zero_shot_chance"] >= 25  # at most the 4 shapes
+    # the synthetic world's grouped-caption split, by the Karpathy protocol
+    assert metrics["karpathy/n_images"] == 12 and metrics["karpathy/n_captions"] > 12
+    assert metrics["karpathy/chance/t2i_r1"] == pytest.approx(100 / 12)
+    for key in ("karpathy/i2t_r1", "karpathy/t2i_r10", "karpathy/itm_rerank/t2i_r1"):
+        assert 0 <= metrics[key] <= 100, key
     broken = tmp_path / "broken"
     shutil.copytree(flava_run.output_dir, broken)
     (broken / "final" / HEADS_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="not a finished pretraining run"):
         load_pretrained_run(broken)
+
+
+def test_zero_shot_during_training_every_eval(flava_run) -> None:
+    """Retrieval R@1/5/10 and zero-shot classification per probe-word group at every
+    ``train.eval_every`` step and at the end, in the history and the tracker's event file."""
+    for key in ("eval/i2t_r5", "eval/t2i_r10", "eval/zero_shot_shape_acc"):
+        assert [s for s, _ in flava_run.history[key]] == [3, 6], key
+    m = flava_run.metrics
+    assert m["eval/zero_shot_shape_chance"] == 25.0 and m["eval/zero_shot_colour_chance"] == 100 / 6
+    assert 0 < m["eval/zero_shot_shape_n"] <= 24
+    assert "zero-shot shape classification" in flava_run.summary
+    events = list(flava_run.output_dir.rglob("events.out.tfevents.*"))
+    assert events and any(b"zero_shot_shape_acc" in e.read_bytes() for e in events)
+
+
+def test_caption_label_names_one_word_or_none() -> None:
+    from onetower.pretraining.evaluate import caption_label
+
+    words = ["circle", "square"]
+    assert caption_label("a red circle left of a blue circle", words) == "circle"
+    assert caption_label("two squares", words) == "square"
+    assert caption_label("a circle above a square", words) is None
+    assert caption_label("a triangle", words) is None

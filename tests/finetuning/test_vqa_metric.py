@@ -70,44 +70,46 @@ def test_three_of_ten_is_point_nine() -> None:
     assert answer_accuracy("Red", answers) == pytest.approx(0.9)
 
 
-def test_number_words_only_normalised_on_the_prediction_side() -> None:
+def test_number_words_only_normalised_on_the_prediction_side_pre2021() -> None:
     # Answers differ, so the ground truth gets the punctuation step only: "two"/"Two" stay
     # words and only the two "2" count. The prediction "two" becomes "2": m = 2 ->
     # (2*(1/3) + 8*(2/3)) / 10 = 0.6. (Forks that normalise both sides would give 1.0.)
     answers = ["2", "2", "two", "two", "two", "two", "Two", "Two", "Two", "Two"]
-    assert answer_accuracy("two", answers) == pytest.approx(0.6)
-    assert answer_accuracy("2", answers) == pytest.approx(0.6)
-    assert answer_accuracy("Two", answers) == pytest.approx(0.6)
+    assert answer_accuracy("two", answers, variant="pre2021") == pytest.approx(0.6)
+    assert answer_accuracy("2", answers, variant="pre2021") == pytest.approx(0.6)
+    assert answer_accuracy("Two", answers, variant="pre2021") == pytest.approx(0.6)
 
 
-def test_articles_only_dropped_from_the_prediction() -> None:
+def test_articles_only_dropped_from_the_prediction_pre2021() -> None:
     # "a dog" -> "dog" matches the 3 "dog" (m = 3 -> 0.9); a ground truth "a dog" keeps its
     # article, so it never matches a normalised prediction.
     answers = ["dog"] * 3 + ["a dog"] * 7
-    assert answer_accuracy("a dog", answers) == pytest.approx(0.9)
-    assert answer_accuracy("the dog", answers) == pytest.approx(0.9)
-    assert answer_accuracy("dog", ["dog"] * 10) == 1.0
+    assert answer_accuracy("a dog", answers, variant="pre2021") == pytest.approx(0.9)
+    assert answer_accuracy("the dog", answers, variant="pre2021") == pytest.approx(0.9)
+    assert answer_accuracy("dog", ["dog"] * 10, variant="pre2021") == 1.0
 
 
-def test_contractions_and_punctuation() -> None:
+def test_contractions_and_punctuation_pre2021() -> None:
     # "isnt" -> "isn't", matching 4 of 10: every subset keeps >= 3 -> 1.0
-    assert answer_accuracy("isnt", ["isn't"] * 4 + ["no"] * 6) == 1.0
+    assert answer_accuracy("isnt", ["isn't"] * 4 + ["no"] * 6, variant="pre2021") == 1.0
     # "Yes." -> "yes"; ground truth "yes." loses its period (answers differ, punctuation step)
-    assert answer_accuracy("Yes.", ["yes"] * 10) == 1.0
-    assert answer_accuracy("yes", ["yes."] * 2 + ["yes"] * 2 + ["no"] * 6) == 1.0  # m = 4
+    assert answer_accuracy("Yes.", ["yes"] * 10, variant="pre2021") == 1.0
+    assert (
+        answer_accuracy("yes", ["yes."] * 2 + ["yes"] * 2 + ["no"] * 6, variant="pre2021") == 1.0
+    )  # m = 4
 
 
-def test_identical_answers_are_compared_untouched() -> None:
+def test_identical_answers_are_compared_untouched_pre2021() -> None:
     # The brief's case: 10 x "yes", prediction "Yes". Upstream normalises the prediction
     # unconditionally ("yes"), so all 10 match -> 1.0 (not 0: only forks skip that step).
-    assert answer_accuracy("Yes", ["yes"] * 10) == 1.0
+    assert answer_accuracy("Yes", ["yes"] * 10, variant="pre2021") == 1.0
     # The real quirk: identical answers skip even the punctuation step and are never
     # lowercased, so 10 x "Yes" can match no (lowercased) prediction -> 0 ...
-    assert answer_accuracy("Yes", ["Yes"] * 10) == 0.0
-    assert answer_accuracy("yes.", ["yes."] * 10) == 0.0
+    assert answer_accuracy("Yes", ["Yes"] * 10, variant="pre2021") == 0.0
+    assert answer_accuracy("yes.", ["yes."] * 10, variant="pre2021") == 0.0
     # ... while one differing answer switches the punctuation step on: "yes." -> "yes", m = 9:
     # 9 subsets keep 8 matches, 1 keeps 9 -> 1.0
-    assert answer_accuracy("yes.", ["yes."] * 9 + ["no"]) == 1.0
+    assert answer_accuracy("yes.", ["yes."] * 9 + ["no"], variant="pre2021") == 1.0
 
 
 def test_leave_one_out_is_by_annotator_not_by_value() -> None:
@@ -198,3 +200,149 @@ def test_results_file_round_trip(tmp_path) -> None:
     with pytest.raises(TypeError):
         write_results(path, {1: 2})  # type: ignore[dict-item]
     assert read_results(path) == {1: "yes", 2: "2", 3: "blue"}  # a failed write keeps the old
+
+
+# --- Both official versions as references -------------------------------------------------
+# GT-Vision-Lab/VQA PythonEvaluationTools/vqaEvaluation/vqaEval.py, re-expressed step by step
+# (same tables, regexes and order of operations; answers are records compared by identity of
+# the annotator, as upstream's dict comparison with distinct answer_ids does). Written
+# independently of the module, so a change to either side shows here.
+REF_PUNCT = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<"]
+REF_PUNCT += ["@", "`", ",", "?", "!"]
+REF_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4"}
+REF_NUMBERS |= {"five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+REF_ARTICLES = ["a", "an", "the"]
+REF_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # upstream's pattern, typo included
+REF_COMMA = re.compile(r"(\d)(\,)(\d)")
+# the entries the cases below reach; the full table is checked against a sample further down
+REF_CONTRACTIONS = {"isnt": "isn't", "dont": "don't", "whats": "what's", "cant": "can't"}
+
+
+def ref_punctuation(in_text: str) -> str:
+    out_text = in_text
+    for p in REF_PUNCT:
+        if (p + " " in in_text or " " + p in in_text) or REF_COMMA.search(in_text) is not None:
+            out_text = out_text.replace(p, "")
+        else:
+            out_text = out_text.replace(p, " ")
+    return REF_PERIOD.sub("", out_text, re.UNICODE)  # re.UNICODE lands on ``count`` (32)
+
+
+def ref_digit_article(in_text: str) -> str:
+    out = []
+    for word in in_text.lower().split():
+        word = REF_NUMBERS.setdefault(word, word)
+        if word not in REF_ARTICLES:
+            out.append(word)
+    return " ".join(REF_CONTRACTIONS.get(w, w) for w in out)
+
+
+def _records(answers: list[str]) -> list[dict]:
+    return [{"answer": a, "answer_id": i + 1} for i, a in enumerate(answers)]
+
+
+def _leave_one_out(records: list[dict], res_ans: str) -> float:
+    gt_acc = []
+    for datum in records:
+        others = [item for item in records if item != datum]
+        matching = [item for item in others if item["answer"] == res_ans]
+        gt_acc.append(min(1, float(len(matching)) / 3))
+    return float(sum(gt_acc)) / len(gt_acc)
+
+
+def ref_pre2021(prediction: str, answers: list[str]) -> float:
+    """vqaEval.py before commit a013f00 (Python 3 branch)."""
+    res_ans = prediction.replace("\n", " ").replace("\t", " ").strip()
+    res_ans = ref_digit_article(ref_punctuation(res_ans))
+    records = _records(answers)
+    if len({r["answer"] for r in records}) > 1:
+        for ans in records:
+            ans["answer"] = ref_punctuation(ans["answer"])
+    return _leave_one_out(records, res_ans)
+
+
+def ref_master(prediction: str, answers: list[str]) -> float:
+    """vqaEval.py at master (commit a013f00, "Fixed processing answers bug", 2021)."""
+    records = _records(answers)
+    for ans in records:
+        ans["answer"] = ans["answer"].replace("\n", " ").replace("\t", " ").strip()
+    res_ans = prediction.replace("\n", " ").replace("\t", " ").strip()
+    if len({r["answer"] for r in records}) > 1:
+        for ans in records:
+            ans["answer"] = ref_digit_article(ref_punctuation(ans["answer"]))
+        res_ans = ref_digit_article(ref_punctuation(res_ans))
+    return _leave_one_out(records, res_ans)
+
+
+# (prediction, answers, master, pre2021): hand-made cases where the versions differ
+DIFFERING = [
+    # casing in ground truth: master lowercases both sides when answers differ
+    ("yes", ["Yes"] * 5 + ["yes"] * 2 + ["no"] * 3, 1.0, 0.6),
+    # number words: master maps "two" -> "2" in the ground truth too (m = 10 vs 2)
+    ("2", ["2", "2"] + ["two"] * 4 + ["Two"] * 4, 1.0, 0.6),
+    # articles: ground truth "a dog" becomes "dog" in master
+    ("dog", ["a dog"] * 7 + ["dog"] * 3, 1.0, 0.9),
+    # contractions: "isnt" in the ground truth is restored to "isn't" in master only
+    ("isn't", ["isnt"] * 6 + ["no"] * 4, 1.0, 0.0),
+    # stray whitespace in the ground truth: master strips it first, so the ten are identical
+    # and nothing is normalised; pre-2021 sees them as different
+    ("yes", ["yes "] * 5 + ["yes"] * 5, 1.0, 1.0),
+    ("Yes", ["yes "] * 5 + ["yes"] * 5, 0.0, 1.0),
+    # all identical: master leaves the prediction untouched ("Yes." != "yes")
+    ("Yes.", ["yes"] * 10, 0.0, 1.0),
+    # punctuation in the ground truth: both strip it when answers differ; with a period and
+    # capital letter only master's lowercasing makes them match
+    ("yes", ["Yes."] * 4 + ["no"] * 6, 1.0, 0.0),
+    # a prediction with an article against identical ground truth
+    ("the dog", ["dog"] * 10, 0.0, 1.0),
+    # newline / tab in ground truth: master flattens and strips before comparing
+    ("red", ["red\n"] * 3 + ["red"] * 3 + ["blue"] * 4, 1.0, 0.9),
+]
+
+
+@pytest.mark.parametrize(("prediction", "answers", "master", "pre2021"), DIFFERING)
+def test_both_versions_on_cases_where_they_differ(
+    prediction: str, answers: list[str], master: float, pre2021: float
+) -> None:
+    assert ref_master(prediction, answers) == pytest.approx(master)
+    assert ref_pre2021(prediction, answers) == pytest.approx(pre2021)
+    assert answer_accuracy(prediction, answers) == pytest.approx(master)  # master is default
+    assert answer_accuracy(prediction, answers, "master") == pytest.approx(master)
+    assert answer_accuracy(prediction, answers, "pre2021") == pytest.approx(pre2021)
+
+
+def test_both_versions_match_their_references_on_random_answers() -> None:
+    import random
+
+    rng = random.Random(0)
+    pool = ["yes", "Yes", "yes.", "no", "2", "two", "Two", "a dog", "dog", "isnt", "isn't"]
+    pool += ["black/white", "black white", "1,000", "1000", "t-shirt!", " red ", "red", "3.5"]
+    for _ in range(400):
+        answers = [rng.choice(pool) for _ in range(10)]
+        if rng.random() < 0.2:
+            answers = [answers[0]] * 10
+        pred = rng.choice(pool)
+        assert answer_accuracy(pred, answers, "master") == pytest.approx(
+            ref_master(pred, answers)
+        ), (pred, answers)
+        assert answer_accuracy(pred, answers, "pre2021") == pytest.approx(
+            ref_pre2021(pred, answers)
+        ), (pred, answers)
+
+
+def test_contraction_table_sample_and_variant_errors() -> None:
+    from onetower.finetuning.vqa_metric import _CONTRACTIONS
+
+    for k, v in REF_CONTRACTIONS.items():
+        assert _CONTRACTIONS[k] == v
+    # upstream quirks kept: a key mapping to an un-apostrophed form, and capitalised keys
+    assert _CONTRACTIONS["somebody'd"] == "somebodyd" and "Im" in _CONTRACTIONS
+    assert len(_CONTRACTIONS) == 120  # the official table's size
+    with pytest.raises(ValueError, match="pre2021"):
+        answer_accuracy("yes", ["yes"] * 10, variant="2017")
+
+
+def test_results_name_the_variant() -> None:
+    assert evaluate_vqa(PREDICTIONS, ANNOTATIONS).variant == "master"
+    old = evaluate_vqa(PREDICTIONS, ANNOTATIONS, variant="pre2021")
+    assert old.variant == "pre2021" and old.overall == pytest.approx(50.0)

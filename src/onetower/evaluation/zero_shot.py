@@ -31,7 +31,9 @@ from onetower.data import (
     load_pairs,
     load_tokenizer,
 )
-from onetower.data.synthetic import shape_labels
+from onetower.data.karpathy import RetrievalSplit, read_coco_captions, read_karpathy
+from onetower.data.synthetic import RETRIEVAL_FILE, shape_labels
+from onetower.finetuning.retrieval_eval import RERANK_SCORES, evaluate_retrieval
 from onetower.modeling import OneTowerModel
 from onetower.objectives import ContrastiveHead, ITMHead, ObjectiveComposer
 from onetower.objectives.contrastive import image_features, text_features
@@ -104,36 +106,73 @@ def embed_images(composer: ObjectiveComposer, pixels: torch.Tensor) -> torch.Ten
     return F.normalize(head.image_proj(image_features(image)).float(), dim=-1)
 
 
+def itm_scorer(
+    composer: ObjectiveComposer,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    pixels: torch.Tensor,
+) -> Any:
+    """``score(images (M,), texts (M,)) -> (M,)`` ITM log P(match) of (image, text) index pairs
+    into ``pixels`` `(I, C, H, W)` and ``ids`` / ``mask`` `(T, L)`."""
+    head = _need(composer, ITMHead, "ITM re-ranking")
+    device = composer.model.device
+
+    @torch.no_grad()
+    def score(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        out = composer.model(
+            input_ids=ids[txt].to(device),
+            attention_mask=mask[txt].to(device),
+            pixel_values=pixels[img].to(device),
+        )
+        logits = head.classifier(out.pooler_output).float()  # (M, 2)
+        return logits.log_softmax(-1)[:, 1].cpu()
+
+    return score
+
+
+def contrastive_scale(composer: ObjectiveComposer) -> float:
+    """The contrastive head's learned inverse temperature (similarity -> logit)."""
+    return float(_need(composer, ContrastiveHead, "retrieval").scale().exp())
+
+
 @torch.no_grad()
 def itm_rerank(
-    composer: ObjectiveComposer, sim: torch.Tensor, batches: list[dict], k: int
+    composer: ObjectiveComposer,
+    sim: torch.Tensor,
+    batches: list[dict],
+    k: int,
+    score: str = "itm+contrastive",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(i2t, t2i)`` scores where each query's top ``k`` by the image x text ``sim`` `(N, N)`
-    are re-ordered by the ITM head's matched-minus-unmatched logit, above the other
-    candidates, which keep their contrastive order."""
-    head = _need(composer, ITMHead, "ITM re-ranking")
+    """``(i2t, t2i)`` scores where each query's top ``k`` by the image x text cosine ``sim``
+    `(N, N)` are re-scored and placed above the other candidates (which keep their
+    contrastive order).
+
+    The re-ranking score is ITM's log P(match), plus with ``"itm+contrastive"`` (default) the
+    contrastive logit (cosine x the head's learned scale): the two heads' log-likelihoods
+    added. ITM alone (``"itm"``, ALBEF) only helps when its head was trained on hard
+    negatives: a head trained on random in-batch negatives (FLAVA / ViLT) accepts any
+    near-match (on the demo it calls 93% of each image's contrastive runner-up a match),
+    so it shuffles the top k and lowers R@1.
+    """
+    if score not in RERANK_SCORES:
+        raise ConfigError(f"itm_rerank_score must be one of {RERANK_SCORES}, got {score!r}")
     ids = torch.cat([b[keys.INPUT_IDS] for b in batches])
     mask = torch.cat([b[keys.ATTENTION_MASK] for b in batches])
     pixels = torch.cat([b[keys.PIXEL_VALUES] for b in batches])
+    itm = itm_scorer(composer, ids, mask, pixels)
+    weight = contrastive_scale(composer) if score == "itm+contrastive" else 0.0
     k = min(k, sim.shape[1])
-
-    def itm(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-        out = composer.model(input_ids=ids[txt], attention_mask=mask[txt], pixel_values=pixels[img])
-        logits = head.classifier(out.pooler_output).float()  # (M, 2)
-        return logits[:, 1] - logits[:, 0]
-
     ranked = []
-    for scores in (sim, sim.t()):
+    for name, scores in (("i2t", sim), ("t2i", sim.t())):
         top = scores.topk(k, dim=1).indices  # (N, k)
         rows = torch.arange(scores.shape[0])[:, None].expand_as(top)
-        pairs = (rows.flatten(), top.flatten())
-        img, txt = pairs if scores is sim else pairs[::-1]
-        rerank = torch.cat(
-            [itm(img[i : i + 256], txt[i : i + 256]) for i in range(0, len(img), 256)]
-        )
-        # re-ranked candidates sit above every other candidate, ordered by ITM
-        out = scores - scores.max() - 1 - rerank.abs().max()
-        out[rows, top] = rerank.view_as(top)
+        q, c = rows.flatten(), top.flatten()
+        img, txt = (q, c) if name == "i2t" else (c, q)
+        new = torch.cat([itm(img[i : i + 256], txt[i : i + 256]) for i in range(0, len(q), 256)])
+        new = new.view_as(top) + weight * scores.gather(1, top)  # (N, k)
+        # re-ranked candidates sit above every other candidate, ordered by the new score
+        out = scores - scores.max() - 1 + new.min()
+        out[rows, top] = new
         ranked.append(out)
     return ranked[0], ranked[1]
 
@@ -211,13 +250,41 @@ def _zero_shot_set(
     return [ds[i] for i in rows], [labels[i] for i in rows]
 
 
+def read_retrieval_split(file: str | Path, split: str, image_root: str | None) -> RetrievalSplit:
+    """A Karpathy split file or COCO captions annotations, told apart by their layout."""
+    path = Path(file)
+    if not path.exists():
+        raise ConfigError(f"retrieval.file: {path} does not exist")
+    head = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(head, dict) and "annotations" in head:
+        if image_root is None:
+            raise ConfigError("retrieval.image_root: COCO captions need the images' folder")
+        return read_coco_captions(path, image_root)
+    return read_karpathy(path, split, image_root)
+
+
+def _retrieval_split(r: DictConfig, users: bool, world: Path | None) -> RetrievalSplit | None:
+    if r.file == "none":
+        return None
+    if r.file is None:
+        if users or world is None:
+            return None  # a user-data run names its grouped split explicitly
+        file = world.parent.parent / "retrieval" / RETRIEVAL_FILE
+        if not file.exists():
+            return None  # a world written before the grouped split existed
+        split = read_karpathy(file, r.split)
+    else:
+        split = read_retrieval_split(r.file, r.split, r.image_root)
+    return split.head(r.max_images) if r.max_images else split
+
+
 def evaluate_run(cfg: DictConfig) -> dict[str, float]:
     """Retrieval (R@1/5/10, optional ITM re-ranking) and zero-shot classification of a
     pretraining run; prints a table and writes the metrics JSON."""
     run_cfg, composer, tokenizer = load_pretrained_run(cfg.run_dir)
     d = run_cfg.data
     transform = build_image_transform(d.image_size, False, mean=tuple(d.mean), std=tuple(d.std))
-    pairs, _ = _held_out(cfg, run_cfg)
+    pairs, world = _held_out(cfg, run_cfg)
     ds = build_dataset(pairs, transform)
     collate = PairCollator(tokenizer, d.max_text_len, pad_to_max_length=True)
     samples = [s for s in (ds[i] for i in range(min(cfg.max_samples, len(ds)))) if s is not None]
@@ -230,8 +297,29 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
     metrics = recall_at_k(sim, sim.t(), captions)
     metrics["retrieval_chance_r1"] = 100.0 / len(captions)
     if cfg.itm_rerank_k > 0:
-        i2t, t2i = itm_rerank(composer, sim, batches, cfg.itm_rerank_k)
-        metrics |= {f"itm_rerank/{k}": v for k, v in recall_at_k(i2t, t2i, captions).items()}
+        i2t, t2i = itm_rerank(composer, sim, batches, cfg.itm_rerank_k, cfg.itm_rerank_score)
+        reranked = recall_at_k(i2t, t2i, captions)
+        metrics |= {f"itm_rerank/{k}": v for k, v in reranked.items()}
+        for way in ("i2t", "t2i"):
+            if reranked[f"{way}_r1"] < metrics[f"{way}_r1"]:
+                print(
+                    f"warning: ITM re-ranking lowered {way} R@1 ({metrics[f'{way}_r1']:.1f} -> "
+                    f"{reranked[f'{way}_r1']:.1f}); an ITM head trained on random negatives "
+                    "cannot order near matches (pretrain with objectives.itm.negatives=hard)"
+                )
+    split = _retrieval_split(cfg.retrieval, cfg.pairs is not None or d.pairs is not None, world)
+    if split is not None:
+        grouped = evaluate_retrieval(
+            composer,
+            split,
+            tokenizer,
+            transform,
+            d.max_text_len,
+            cfg.itm_rerank_k,
+            cfg.itm_rerank_score,
+            cfg.batch_size,
+        )
+        metrics |= {f"karpathy/{k}": v for k, v in grouped.items()}
     if cfg.zero_shot.images != "none":
         users = cfg.pairs is not None or run_cfg.data.pairs is not None
         images, labels = _zero_shot_set(cfg, pairs, transform, cfg.max_samples, users)

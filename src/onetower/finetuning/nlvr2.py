@@ -74,5 +74,29 @@ class NLVR2Task:
             for i, ident in enumerate(ids):
                 f.write(f"{ident},{predictions.get(i, 'False')}\n")
         os.replace(tmp, out.with_suffix(".csv"))
-        correct = sum(predictions.get(i) == NLVR2_LABELS[int(y)] for i, y in enumerate(labels))
-        return {"nlvr2_acc": 100.0 * correct / max(len(ids), 1)}
+        correct = [predictions.get(i) == NLVR2_LABELS[int(y)] for i, y in enumerate(labels)]
+        return {
+            "nlvr2_acc": 100.0 * sum(correct) / max(len(ids), 1),
+            "nlvr2_consistency": consistency(ids, correct),
+        }
+
+
+def statement_key(identifier: str) -> str:
+    """The statement an example belongs to, as the official NLVR2 evaluation
+    (``nlvr2/eval/metrics.py``) groups them: identifiers are ``split-set-pair-sentence``
+    (``dev-850-2-0``) and the *pair* field is blanked (``dev-850--0``), so the image pairs one
+    sentence was written for are one statement."""
+    parts = identifier.split("-")
+    if len(parts) != 4:
+        raise ValueError(f"NLVR2 identifier {identifier!r} is not split-set-pair-sentence")
+    parts[2] = ""
+    return "-".join(parts)
+
+
+def consistency(identifiers: list[str], correct: list[bool]) -> float:
+    """NLVR2 consistency (%): the share of statements whose every image pair is right."""
+    every: dict[str, bool] = {}
+    for ident, ok in zip(identifiers, correct, strict=True):
+        key = statement_key(ident)
+        every[key] = every.get(key, True) and bool(ok)
+    return 100.0 * sum(every.values()) / max(len(every), 1)

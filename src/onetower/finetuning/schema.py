@@ -13,9 +13,18 @@ from onetower.training.schema import RunSection, TrainSection
 @dataclass
 class TaskSection:
     name: str = "vqa"  #: vqa | nlvr2
-    train_split: str | None = None  #: null = train2014 (VQA) / train (NLVR2)
+    #: null = train2014 (VQA) / train (NLVR2); VQA joins splits with "+": train2014+val2014
+    #: trains on both, as the papers do for a test-dev / test-std submission
+    train_split: str | None = None
     eval_splits: list[str] | None = None  #: null = [val2014] (VQA) / [dev] (NLVR2)
     min_answer_count: int = 9  #: VQA vocabulary: answers given for >= this many questions
+    #: VQA vocabulary counted over these splits ("+"-joined); null = the training splits.
+    #: ViLT counts train2014+val2014 at min_answer_count 9 (3,129 answers)
+    vocab_splits: str | None = None
+    #: VQA accuracy as the current official code computes it ("master", 2021: ground truth
+    #: and prediction normalised when the 10 answers differ) or as before 2021 ("pre2021":
+    #: prediction always normalised, ground truth only de-punctuated); see vqa_metric.py
+    vqa_metric: str = "master"
     head_lr_mult: float = 10.0  #: the new head's lr = train.lr x this (ViLT: 10)
     #: what a new head reads: "cls" (ViLT: the pooled output) or "cls+patches" (plus the max
     #: and mean of the fused image-patch tokens; see onetower.task_models.pooled_features)
@@ -45,6 +54,10 @@ class TaskDataSection:
     num_workers: int = 0
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    #: fine-tune at this resolution (null = the pretrained model's): a learned position table
+    #: is resampled to the new patch grid (ViLT pretrains at 384 and fine-tunes VQA at 384,
+    #: BEiT-3 at 480); the saved model keeps the new size
+    image_size: int | None = None
     #: random resized crops in training; off by default, as in ViLT's VQA / NLVR2 fine-tuning
     #: (a crop can cut off the object a question or a count is about)
     augment: bool = False

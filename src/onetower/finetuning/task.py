@@ -208,7 +208,12 @@ class FinetuneTask:
                 f"the tokenizer has {len(self.tokenizer)} tokens, the model {self.config.vocab_size}"
             )
         norm = dict(mean=tuple(d.mean), std=tuple(d.std))
-        size = self.config.image_size
+        size = d.image_size or self.config.image_size
+        if size % self.config.patch_size:
+            raise ConfigError(
+                f"data.image_size {size} is not a multiple of the patch size "
+                f"{self.config.patch_size}"
+            )
         transforms = {
             "train": build_image_transform(size, d.augment, scale=tuple(d.crop_scale), **norm),
             "eval": build_image_transform(size, False, **norm),
@@ -219,6 +224,10 @@ class FinetuneTask:
         if d.cache_mb > 0 and not d.augment:  # the same samples every epoch: decode them once
             data.train = CachedDataset(data.train, d.cache_mb * 2**20)
         model = build_task_model(cfg, spec, self.config, data)
+        if size != model.config.image_size:  # fine-tuning at another resolution
+            model.onetower.image.resize_position_embeddings(size)
+            model.config.image_size = model.onetower.config.image_size = size
+            self.config = model.config
         if t.activation_checkpointing:
             model.onetower.activation_checkpointing_enable()
         if t.compile:

@@ -1,23 +1,24 @@
-"""The official VQA v2 accuracy, computed exactly as the VQA evaluation code computes it.
+"""The official VQA v2 accuracy, in both versions of the official evaluation code.
 
-Reference: GT-Vision-Lab/VQA, ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` (master, the
-Python 3 version). A prediction scores ``mean_i min(1, #{j != i : gt_j == pred} / 3)`` over the
-10 leave-one-out subsets of the annotators; overall / per-answer-type / per-question-type
-accuracies are plain means of that score, in percent.
+Reference: GT-Vision-Lab/VQA, ``PythonEvaluationTools/vqaEvaluation/vqaEval.py``. A prediction
+scores ``mean_i min(1, #{j != i : gt_j == pred} / 3)`` over the 10 leave-one-out subsets of the
+annotators; overall / per-answer-type / per-question-type accuracies are plain means of that
+score, in percent. The two versions differ only in how answers are normalised:
 
-The official code treats the two sides differently, and we keep that on purpose so numbers match:
+- ``"master"`` (**the default**; the current official code, commit a013f00 "Fixed processing
+  answers bug", March 2021): newlines / tabs become spaces and both sides are stripped; then,
+  only when the 10 answers are not all identical, the ground-truth answers **and** the
+  prediction are fully normalised (punctuation, lowercase, number words, articles,
+  contractions). When all 10 are identical, neither side is touched, so 10 x "yes" against
+  the prediction "Yes" scores 0.
+- ``"pre2021"`` (the code before that commit, Python 3 branch; ``finetune.vqa_metric=pre2021``):
+  the prediction is always fully normalised; the ground-truth answers only get the punctuation
+  step, and only when they differ (checked before any stripping). They are never lowercased
+  and never have articles or number words mapped, so a ground truth "a dog" matches nothing.
 
-- the **prediction** is always fully normalised (:func:`normalize_answer`): newlines and tabs
-  become spaces, then strip, punctuation, lowercase, number words to digits, articles dropped,
-  contractions restored ("isnt" -> "isn't");
-- the **ground-truth answers** only get the punctuation step, and only when the 10 answers are
-  not all identical (``len(set(answers)) > 1``). They are never lowercased, never have articles
-  or number words mapped. So 10 x "Yes" against the prediction "Yes" scores 0 ("yes" != "Yes"),
-  and a ground truth "a dog" never matches anything. VQA v2 answers are stored already
-  normalised, which is why this rarely shows on real data.
-
-Forks (Pythia/MMF and others) instead normalise *both* sides fully, and only when the answers
-differ; they give other numbers on un-normalised ground truth. We follow the upstream file.
+VQA v2 answers are stored already normalised, which is why the two rarely disagree on real
+data; they do on hand-made or other data (see ``tests/finetuning/test_vqa_metric.py``, which
+holds both official versions as references). :class:`VQAResult` names the variant it used.
 """
 
 from __future__ import annotations
@@ -114,28 +115,46 @@ def normalize_answer(text: str) -> str:
     return _canonical_words(_strip_punctuation(text))
 
 
-def answer_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
+#: The versions of the official evaluation code this module reproduces (see the docstring).
+VARIANTS = ("master", "pre2021")
+
+
+def _flatten_whitespace(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def answer_accuracy(prediction: str, gt_answers: Sequence[str], variant: str = "master") -> float:
     """Official VQA accuracy of one predicted answer, in [0, 1].
 
     Args:
-        prediction: The predicted answer, raw (it is normalised here).
+        prediction: The predicted answer, raw (it is normalised here as the variant does).
         gt_answers: The annotators' answers (10 in VQA v2), as stored in the annotations.
+        variant: ``"master"`` (the current official code, default) or ``"pre2021"``.
 
     Returns:
         The mean over the leave-one-out subsets of ``min(1, matches / 3)``.
 
     Raises:
         TypeError: If ``prediction`` is not a string.
-        ValueError: If there are no ground-truth answers.
+        ValueError: If there are no ground-truth answers, or the variant is unknown.
     """
     if not isinstance(prediction, str):
         raise TypeError(f"prediction must be a str, got {type(prediction).__name__}")
+    if variant not in VARIANTS:
+        raise ValueError(f"VQA metric variant must be one of {VARIANTS}, got {variant!r}")
     answers = list(gt_answers)
     if not answers:
         raise ValueError("no ground-truth answers to score against")
-    pred = normalize_answer(prediction)
-    if len(set(answers)) > 1:  # upstream quirk: identical answers are compared untouched
-        answers = [_strip_punctuation(a) for a in answers]
+    if variant == "master":
+        answers = [_flatten_whitespace(a) for a in answers]
+        pred = _flatten_whitespace(prediction)
+        if len(set(answers)) > 1:  # master: both sides normalised, only when answers differ
+            answers = [_canonical_words(_strip_punctuation(a)) for a in answers]
+            pred = _canonical_words(_strip_punctuation(pred))
+    else:
+        pred = normalize_answer(prediction)
+        if len(set(answers)) > 1:  # pre-2021: identical answers are compared untouched
+            answers = [_strip_punctuation(a) for a in answers]
     hits = [a == pred for a in answers]
     matches = sum(hits)
     # Subsets are by annotator position (upstream drops one answer record, not one value), so
@@ -152,6 +171,7 @@ class VQAResult:
         per_answer_type: Mean accuracy per answer type ("yes/no", "number", "other").
         per_question_type: Mean accuracy per question type ("what color is the", ...).
         n: Number of questions scored.
+        variant: Which official code's normalisation scored it (``"master"`` / ``"pre2021"``).
         per_question: Accuracy of each question id, in [0, 1] (for error analysis).
     """
 
@@ -159,6 +179,7 @@ class VQAResult:
     per_answer_type: dict[str, float]
     per_question_type: dict[str, float]
     n: int
+    variant: str = "master"
     per_question: dict[int, float] = field(default_factory=dict, repr=False)
 
     def as_dict(self, ndigits: int | None = None) -> dict[str, float]:
@@ -182,7 +203,9 @@ def _ids_preview(ids: list[int], limit: int = 10) -> str:
     return ", ".join(map(str, ids[:limit])) + more
 
 
-def evaluate_vqa(predictions: Mapping[int, str], annotations: Iterable[Mapping]) -> VQAResult:
+def evaluate_vqa(
+    predictions: Mapping[int, str], annotations: Iterable[Mapping], variant: str = "master"
+) -> VQAResult:
     """Score predictions against VQA annotations (rows as from ``onetower.data.vqa.read_vqa``).
 
     Like upstream (whose ``loadRes`` asserts it), predictions must cover exactly the annotated
@@ -191,6 +214,7 @@ def evaluate_vqa(predictions: Mapping[int, str], annotations: Iterable[Mapping])
     Args:
         predictions: ``question_id -> answer``.
         annotations: Rows with ``question_id``, ``answers``, ``answer_type``, ``question_type``.
+        variant: ``"master"`` (the current official code, default) or ``"pre2021"``.
 
     Returns:
         The overall, per-answer-type and per-question-type accuracies.
@@ -221,7 +245,7 @@ def evaluate_vqa(predictions: Mapping[int, str], annotations: Iterable[Mapping])
     for qid, row in zip(ids, rows, strict=True):
         if not row["answers"]:
             raise ValueError(f"question {qid} has no ground-truth answers (a test split?)")
-        acc = answer_accuracy(predictions[qid], row["answers"])
+        acc = answer_accuracy(predictions[qid], row["answers"], variant)
         per_question[qid] = acc
         by_answer_type[row["answer_type"]].append(acc)
         by_question_type[row["question_type"]].append(acc)
@@ -230,6 +254,7 @@ def evaluate_vqa(predictions: Mapping[int, str], annotations: Iterable[Mapping])
         per_answer_type={k: _percent(v) for k, v in by_answer_type.items()},
         per_question_type={k: _percent(v) for k, v in by_question_type.items()},
         n=len(per_question),
+        variant=variant,
         per_question=per_question,
     )
 

@@ -2,8 +2,12 @@
 
 - held-out losses of every head (masks drawn from a fixed generator, so numbers are comparable
   across evaluations);
-- zero-shot retrieval R@1 both ways with the contrastive embeddings (a hit is a retrieved
+- zero-shot retrieval R@1/5/10 both ways with the contrastive embeddings (a hit is a retrieved
   caption identical to the true one, so duplicate captions do not count as misses);
+- zero-shot classification over each ``eval.probe_words`` group (CLIP style, every
+  ``train.eval_every`` steps with the rest, logged to the tracker): the held-out images whose caption names
+  exactly one word of the group are labelled with it, each word is embedded through prompt
+  templates (averaged), and an image takes its nearest word; accuracy beside chance;
 - the grounding probe (``eval.probe_words``): per word group, every token of the group in the
   caption is masked and predicted by the MLM head, once with the image and once with the
   image blanked (all-zero pixels): the gap is what the model learned to read from the image.
@@ -13,13 +17,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from onetower.data import PairCollator, keys
 from onetower.data.batch_masking import step_generator
 from onetower.objectives import ContrastiveHead, MLMHead, ObjectiveComposer
+from onetower.objectives.contrastive import text_features
 from onetower.retrieval_metrics import recall_at_k
 
 EVAL_SEED = 1234
@@ -38,6 +45,63 @@ def eval_batches(
         yield collate(chunk), [s["text"] for s in chunk]
 
 
+#: prompt templates of the zero-shot classification during training (averaged per word)
+ZERO_SHOT_TEMPLATES = ("{}", "a {}", "a small {}", "a large {}")
+
+
+@dataclass
+class ZeroShotProbe:
+    """Zero-shot classification during training: class words per group (``eval.probe_words``)
+    and how to embed their prompts."""
+
+    groups: dict[str, list[str]]
+    tokenizer: Any
+    max_len: int
+    templates: tuple[str, ...] = ZERO_SHOT_TEMPLATES
+
+
+def caption_label(caption: str, words: list[str]) -> str | None:
+    """The one word of ``words`` a caption names (plurals count), or None (none or several)."""
+    named = {w for w in words for t in caption.lower().split() if t.rstrip("s") == w or t == w}
+    return named.pop() if len(named) == 1 else None
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    head: ContrastiveHead,
+    composer: ObjectiveComposer,
+    image_emb: torch.Tensor,
+    captions: list[str],
+    probe: ZeroShotProbe,
+    device: torch.device,
+) -> dict[str, float]:
+    """``eval/zero_shot_<group>_acc`` and ``..._chance`` (%) from the held-out image
+    embeddings `(N, E)` and their captions."""
+    out = {}
+    for group, words in probe.groups.items():
+        labels = [caption_label(c, list(words)) for c in captions]
+        rows = [i for i, y in enumerate(labels) if y is not None]
+        if not rows:
+            continue
+        prompts = [t.format(w) for w in words for t in probe.templates]
+        enc = probe.tokenizer(
+            prompts, padding=True, truncation=True, max_length=probe.max_len, return_tensors="pt"
+        )
+        batch = {
+            keys.INPUT_IDS: enc["input_ids"].to(device),
+            keys.ATTENTION_MASK: enc["attention_mask"].to(device),
+        }
+        view = composer.views(batch)["text"]
+        txt = F.normalize(head.text_proj(text_features(view)).float(), dim=-1)  # (W*P, E)
+        classes = F.normalize(txt.view(len(words), len(probe.templates), -1).mean(1), dim=-1)
+        pred = (image_emb[rows].float() @ classes.t()).argmax(1).cpu()  # (M,)
+        truth = torch.tensor([list(words).index(labels[i]) for i in rows])
+        out[f"eval/zero_shot_{group}_acc"] = 100.0 * float((pred == truth).float().mean())
+        out[f"eval/zero_shot_{group}_chance"] = 100.0 / len(words)
+        out[f"eval/zero_shot_{group}_n"] = float(len(rows))
+    return out
+
+
 @torch.no_grad()
 def evaluate(
     composer: ObjectiveComposer,
@@ -46,6 +110,7 @@ def evaluate(
     probe: dict[str, list[int]],
     mask_token_id: int,
     device: torch.device,
+    zero_shot: ZeroShotProbe | None = None,
 ) -> dict[str, float]:
     """Run every evaluation above; returns ``eval/...`` scalars.
 
@@ -56,6 +121,7 @@ def evaluate(
         probe: word group -> token ids for the grounding probe ({} = off).
         mask_token_id: the tokenizer's [MASK].
         device: where the model is.
+        zero_shot: zero-shot classification over word groups (needs the contrastive head).
     """
     was_training = composer.training
     composer.eval()
@@ -92,9 +158,11 @@ def evaluate(
     if image_emb:
         image, text = torch.cat(image_emb), torch.cat(text_emb)
         sim = image @ text.t()  # (N, N)
-        r1 = recall_at_k(sim, sim.t(), captions, ks=(1,))
-        metrics |= {f"eval/{k}": v for k, v in r1.items()}
+        recall = recall_at_k(sim, sim.t(), captions, ks=(1, 5, 10))
+        metrics |= {f"eval/{k}": v for k, v in recall.items()}
         metrics["eval/retrieval_chance"] = 100.0 / len(captions)
+        if zero_shot is not None:
+            metrics |= zero_shot_accuracy(contrastive, composer, image, captions, zero_shot, device)
     for (group, name), (hits, total) in counts.items():
         if total:
             metrics[f"eval/{group}_mlm_acc_{name}"] = 100.0 * hits / total

@@ -104,6 +104,14 @@ def summarise(recipe: str, metrics: dict[str, float], info: Any) -> str:
             f"text->image R@1 {metrics['eval/t2i_r1']:.1f}% (chance {metrics['eval/retrieval_chance']:.1f}%)"
         )
     for key, value in metrics.items():
+        if key.startswith("eval/zero_shot_") and key.endswith("_acc"):
+            group = key[len("eval/zero_shot_") : -len("_acc")]
+            chance = metrics.get(f"eval/zero_shot_{group}_chance", float("nan"))
+            n = metrics.get(f"eval/zero_shot_{group}_n", 0)
+            parts.append(
+                f"zero-shot {group} classification {value:.1f}% (chance {chance:.1f}%, "
+                f"{n:.0f} held-out images naming one {group})"
+            )
         if key.endswith("_mlm_acc_with_image"):
             group = key[len("eval/") : -len("_mlm_acc_with_image")]
             blank = metrics.get(f"eval/{group}_mlm_acc_blank_image", float("nan"))

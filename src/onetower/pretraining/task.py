@@ -21,7 +21,7 @@ from onetower.data.batch_masking import step_generator
 from onetower.objectives import ObjectiveComposer
 from onetower.pretraining.build import build_composer, build_masker, build_model
 from onetower.pretraining.data import PretrainData, build_data
-from onetower.pretraining.evaluate import eval_batches, evaluate
+from onetower.pretraining.evaluate import ZeroShotProbe, eval_batches, evaluate
 from onetower.pretraining.heads_io import save_heads
 from onetower.pretraining.report import reconstructions, summarise
 from onetower.processing import OneTowerProcessor
@@ -84,8 +84,16 @@ class PretrainTask:
         if not accelerator.is_main_process:  # the others wait in the engine
             return {}
         mask_id = self.data.tokenizer.mask_token_id
+        words = {g: list(ws) for g, ws in self.cfg.eval.probe_words.items()}
+        zero_shot = ZeroShotProbe(words, self.data.tokenizer, self.cfg.data.max_text_len)
         return evaluate(
-            module, self.masker, self._eval_batches(), self.probe, mask_id, accelerator.device
+            module,
+            self.masker,
+            self._eval_batches(),
+            self.probe,
+            mask_id,
+            accelerator.device,
+            zero_shot if words else None,
         )
 
     def save(self, module: nn.Module, folder: Path) -> None:
