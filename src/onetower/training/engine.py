@@ -46,7 +46,7 @@ from onetower.training.record import (
     run_record,
     save_final,
 )
-from onetower.training.state import RunningLogs, Stream, TrainState
+from onetower.training.state import RunningLogs, Stream, TrainState, prepare_loader
 from onetower.training.task import RunInfo, StepContext, Task
 
 
@@ -75,7 +75,7 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
     # the scheduler is stepped by hand once per optimizer step, so it is registered for
     # checkpointing instead of prepared (a prepared one steps num_processes times)
     module, optimizer = accelerator.prepare(built.module, optimizer)
-    loaders = {n: accelerator.prepare_data_loader(dl) for n, dl in built.loaders.items()}
+    loaders = {n: prepare_loader(accelerator, dl) for n, dl in built.loaders.items()}
     stream = Stream(loaders, built.ratios, cfg.run.seed)
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, stream, state)
