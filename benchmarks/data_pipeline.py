@@ -94,27 +94,31 @@ class WdsDataset(torch.utils.data.IterableDataset):
 
 
 def loader_rates(shards, tokenizer, args, workers: int) -> dict[str, float]:
+    """Best of ``--repeats`` passes per reader, the readers alternating (a shared, noisy machine
+    and a warm file cache favour whichever runs later)."""
     tf = build_image_transform(args.image_size, train=True)
     collate = PairCollator(tokenizer, 24, pad_to_max_length=True)
     grid = (args.image_size // 16, args.image_size // 16)
     masker = BatchMasker(tokenizer, TextMasking(), PatchMasking(grid, 0.75))
-    out = {}
-    ours = build_dataset(load_webdataset(shards, shuffle_buffer=256), tf, SkipCounter())
-    loader = torch.utils.data.DataLoader(
-        ours, batch_size=args.batch, num_workers=workers, collate_fn=collate
-    )
-    out["ours"], n = _rate(loader, masker)
-    assert n >= args.n - workers * args.batch, n
+    datasets = {
+        "ours": build_dataset(load_webdataset(shards, shuffle_buffer=256), tf, SkipCounter())
+    }
     try:
         import webdataset as wds
+
+        src = Source(None, "pairs", "image", "text", key_column="__key__")
+        datasets["webdataset"] = WdsDataset(shards, SampleDecoder(src, tf), wds.reraise_exception)
     except ImportError:
-        return out
-    src = Source(None, "pairs", "image", "text", key_column="__key__")
-    theirs = WdsDataset(shards, SampleDecoder(src, tf), wds.reraise_exception)
-    loader = torch.utils.data.DataLoader(
-        theirs, batch_size=args.batch, num_workers=workers, collate_fn=collate
-    )
-    out["webdataset"], _ = _rate(loader, masker)
+        pass
+    out: dict[str, float] = {}
+    for _ in range(args.repeats):
+        for name, ds in datasets.items():
+            loader = torch.utils.data.DataLoader(
+                ds, batch_size=args.batch, num_workers=workers, collate_fn=collate
+            )
+            rate, n = _rate(loader, masker)
+            assert n >= args.n - workers * args.batch, n
+            out[name] = max(out.get(name, 0.0), rate)
     return out
 
 
@@ -189,6 +193,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=2, help="passes per reader (best kept)")
     parser.add_argument("--json", default="runs/benchmarks/data_pipeline.json")
     args = parser.parse_args()
     report: dict[str, object] = {
@@ -217,6 +222,7 @@ def main() -> None:
             rates[w] = r
             for name, v in r.items():
                 print(f"{name:10s} {w} worker(s): {v:7.1f} samples/s ({v / w:6.1f} per worker)")
+        report["load_average"] = os.getloadavg()
         report["samples_per_s"] = {str(w): r for w, r in rates.items()}
         report["per_worker"] = {str(w): {k: v / w for k, v in r.items()} for w, r in rates.items()}
         report["bad_members"] = bad_members(Path(tmp), shards)

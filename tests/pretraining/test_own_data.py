@@ -385,3 +385,92 @@ def test_stream_resume_mid_epoch_is_bit_identical(shards, world, tmp_path):
     b = load_file(resumed.final_model / "model.safetensors")
     assert not [k for k in a if not torch.equal(a[k], b[k])]
     assert straight.history["loss"] == resumed.history["loss"]
+
+
+@pytest.mark.slow
+def test_two_processes_two_workers_sigkill_and_resume_bit_identical(world, tmp_path):
+    """2 processes (gloo) x 2 workers on tar shards with a shuffle buffer: SIGKILLed after a
+    mid-epoch checkpoint and resumed, the final weights equal the uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    from onetower.training import list_checkpoints
+
+    from ..conftest import CONFIGS, RECIPES
+
+    train = img2dataset_shards(world, tmp_path / "train", 8)  # 4 rows a shard
+    val = img2dataset_shards(world, tmp_path / "val", 1, "validation")
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+    def command(out: Path, *extra: str) -> list[str]:
+        launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1"]
+        launch += ["--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        recipe = [
+            str(RECIPES / "vilt_like.py"),
+            "--config",
+            str(CONFIGS / "debug" / "vilt_like.yaml"),
+        ]
+        args = [
+            f"run.output_dir={out}",
+            f"data.pairs={train}/shards-{{000000..000007}}.tar",
+            f"data.val_pairs={val}",
+            f"data.tokenizer={world.tokenizer_dir}",
+            "data.num_workers=2",
+            "data.batch_size=4",  # per worker 2 shards = 8 rows = 2 batches; 4 a rank an epoch
+            "data.shuffle_buffer=8",
+            "train.max_steps=10",
+            "train.save_every=3",
+            "train.log_every=1",
+            *FAST[2:],
+            *extra,
+        ]
+        return [sys.executable, *launch, *recipe, *args]
+
+    straight = tmp_path / "straight"
+    with open(tmp_path / "straight.log", "w") as f:
+        done = subprocess.run(
+            command(straight), env=env, stdout=f, stderr=subprocess.STDOUT, timeout=600
+        )
+    assert done.returncode == 0, (tmp_path / "straight.log").read_text()[-3000:]
+
+    out, log = tmp_path / "killed", tmp_path / "killed.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            command(out), env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "checkpoints" / "step_6").is_dir():  # written atomically (renamed in)
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=60)
+    assert [c.name for c in list_checkpoints(out)][-1] == "step_6", log.read_text()[-3000:]
+    assert not (out / "final").exists()
+    state = torch.load(
+        out / "checkpoints" / "step_6" / "custom_checkpoint_1.pkl", weights_only=False
+    )
+    assert len(state["per_rank"]) == 2 and all(p["pairs"]["cursor"] for p in state["per_rank"])
+    with open(log, "a") as f:
+        resumed = subprocess.run(
+            command(out, "run.resume=latest"),
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+        )
+    assert resumed.returncode == 0, log.read_text()[-3000:]
+    a = load_file(straight / "final" / "model.safetensors")
+    b = load_file(out / "final" / "model.safetensors")
+    assert not [k for k in a if not torch.equal(a[k], b[k])]
