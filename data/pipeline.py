@@ -80,10 +80,12 @@ class SampleDecoder:
             self.transform.epoch = epoch
 
 
-def where(source: Source, row: Any) -> str:
+def where(source: Source | None, row: Any) -> str:
     """Where a row comes from, for error messages: its shard and key, or its image file."""
     if not isinstance(row, dict):
         return "a row that is not a record"
+    if source is None:  # a task decoder (NLVR2): the row's short fields
+        return str({k: v for k, v in row.items() if isinstance(v, str | int)})[:200]
     if row.get("__url__"):
         return f"{row['__url__']}:{row.get('__key__')}"
     raw = row.get(source.image_column) if source.image_column else None
@@ -107,7 +109,7 @@ def _decode_counted(decode: SampleDecoder, row: Any, counter: SkipCounter) -> di
     try:
         sample = _decode(decode, row)
     except SkipSample as e:
-        counter.skip(e.reason, f"{where(decode.source, row)} ({e})"[:300])
+        counter.skip(e.reason, f"{where(getattr(decode, 'source', None), row)} ({e})"[:300])
         return None
     counter.ok()
     return sample
@@ -144,7 +146,8 @@ class MapDataset(torch.utils.data.Dataset):
             self.counter.ok()
             return sample
         e = self._bad[index]
-        self.counter.skip(e.reason, f"{where(self.decode.source, self.data[index])} ({e})"[:300])
+        source = getattr(self.decode, "source", None)
+        self.counter.skip(e.reason, f"{where(source, self.data[index])} ({e})"[:300])
         for offset in range(1, MAX_FALLBACKS):
             sample = self._try((index + offset) % len(self.data))
             if sample is not None:
