@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -357,7 +358,7 @@ def test_own_tokenizer_long_text_and_non_square_images_are_said(world, tmp_path,
     assert build_image_transform(32, False)(square).shape == (3, 32, 32)
 
 
-def test_stream_resume_mid_epoch_is_bit_identical(shards, world, tmp_path):
+def test_stream_resume_mid_epoch_is_bit_identical(shards, world, tmp_path, caplog):
     """Tar shards, 2 workers, a shuffle buffer, text batches mixed in: stopped mid-epoch and
     resumed from the workers' cursors, the run ends with the uninterrupted run's weights."""
     import torch
@@ -379,12 +380,17 @@ def test_stream_resume_mid_epoch_is_bit_identical(shards, world, tmp_path):
     ckpt = stopped.output_dir / "checkpoints" / "step_7" / "custom_checkpoint_1.pkl"
     pairs = torch.load(ckpt, weights_only=False)["per_rank"][0]["pairs"]
     assert pairs["taken"] % 4 and pairs["cursor"]  # mid-epoch: worker cursors saved
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
     resumed = run(tmp_path / "b", world, *common, "run.resume=latest")
     assert resumed.steps == 11
     a = load_file(straight.final_model / "model.safetensors")
     b = load_file(resumed.final_model / "model.safetensors")
     assert not [k for k in a if not torch.equal(a[k], b[k])]
     assert straight.history["loss"] == resumed.history["loss"]
+    # other worker counts deal the shards out otherwise: said, and the epoch restarts
+    with caplog.at_level("WARNING"):
+        other = run(tmp_path / "c", world, *common, "run.resume=latest", "data.num_workers=1")
+    assert other.steps == 11 and "1 process(es) x 2 worker(s) and resumes with 1 x 1" in caplog.text
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ before it. Positions are saved per process (streams differ by rank).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import gather_object
 
 from onetower.data.batch_masking import step_generator
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,8 +81,9 @@ class Stream:
 
     @staticmethod
     def _start(epoch: int) -> dict:
-        # cursor: logical worker -> rows of its stream read; last: the worker of the last batch
-        return {"epoch": epoch, "taken": 0, "cursor": {}, "last": None}
+        # cursor: logical worker -> rows of its stream read; last: the worker of the last batch;
+        # layout: (processes, workers) the cursors were taken with
+        return {"epoch": epoch, "taken": 0, "cursor": {}, "last": None, "layout": None}
 
     def _own(self) -> dict:
         return {n: {**p, "cursor": dict(p["cursor"])} for n, p in self.position.items()}
@@ -94,6 +98,7 @@ class Stream:
     def load_state_dict(self, state: dict) -> None:
         ranks, ps = state.get("per_rank"), PartialState()
         own = ranks[ps.process_index] if ranks and len(ranks) == ps.num_processes else None
+        # another process count: rank 0's positions (a stream's layout check then restarts it)
         own = own or state["position"]
         self.position = {n: {**self._start(0), **p} for n, p in own.items()}
         self._iters = {}  # rebuilt lazily at the saved position
@@ -119,6 +124,20 @@ class Stream:
         data = getattr(getattr(loader, "dataset", None), "data", None)
         if pos["cursor"] and hasattr(data, "skip"):  # a tar-shard stream: its workers' cursors
             workers = max(getattr(loader, "num_workers", 0), 1)
+            layout = [PartialState().num_processes, workers]
+            if pos["layout"] is not None and list(pos["layout"]) != layout:
+                # shards are dealt out by (process, worker): other counts, other streams
+                logger.warning(
+                    "source %r was checkpointed with %d process(es) x %d worker(s) and resumes "
+                    "with %d x %d: its stream restarts epoch %d (samples of it are seen again); "
+                    "resume with the same counts for an exact continuation",
+                    name,
+                    *pos["layout"],
+                    *layout,
+                    pos["epoch"],
+                )
+                pos.update(taken=0, cursor={}, last=None)
+                return iter(loader)
             data.skip(pos["cursor"], rotation=(pos["last"] + 1) % workers)
             return iter(loader)
         # resume mid-epoch: the seedable sampler replays this epoch's order (other streams:
@@ -141,6 +160,9 @@ class Stream:
         if isinstance(batch, dict) and "__cursor__" in batch:
             worker, rows = batch.pop("__cursor__")
             pos["cursor"][int(worker)], pos["last"] = int(rows), int(worker)
+            if pos["layout"] is None:
+                workers = max(getattr(self.loaders[name], "num_workers", 0), 1)
+                pos["layout"] = [PartialState().num_processes, workers]
         return name, batch
 
 
