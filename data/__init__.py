@@ -35,12 +35,21 @@ from onetower.data.tokenizer import (
     train_wordpiece_tokenizer,
     word_token_ids,
 )
-from onetower.data.transforms import build_image_transform
+from onetower.data.transforms import RESIZE_MODES, build_image_transform, to_square
 from onetower.data.vqa import answer_vocab, read_vqa, soft_targets, vqa_score
-from onetower.data.webdataset import load_webdataset, write_webdataset_shards
+from onetower.data.webdataset import (
+    ShardStream,
+    expand_shards,
+    load_webdataset,
+    write_webdataset_shards,
+)
 from onetower.data.world import COLOURS, SHAPES
 
 __all__ = [
+    "RESIZE_MODES",
+    "ShardStream",
+    "expand_shards",
+    "to_square",
     "COLOURS",
     "SHAPES",
     "BadDataError",

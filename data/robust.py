@@ -47,23 +47,40 @@ class BadDataError(RuntimeError):
     """Too large a fraction of the data is unusable."""
 
 
+#: Things done to usable samples that the user should know about (counted, not skipped).
+NOTES = ("text_truncated", "non_square")
+
+
 class SkipCounter:
     """Counts seen and skipped samples by reason, across DataLoader worker processes.
 
-    The counts live in a shared-memory tensor, one row per worker (row 0 = main process),
-    so counts made inside workers are visible to the training loop.
+    Every sample *seen* is counted, each time it is seen: a broken row read every epoch counts
+    every epoch, as its good neighbours do, so the fraction is the fraction of what training
+    actually met. The counts live in a shared-memory tensor, one row per worker (row 0 = main
+    process), so counts made inside workers are visible to the training loop.
 
     Args:
         max_bad_fraction: raise ``BadDataError`` once skipped / seen exceeds this ...
         min_samples: ... after at least this many samples were seen.
+        key: the config key named in the error.
     """
 
-    def __init__(self, max_bad_fraction: float = 0.05, min_samples: int = 100) -> None:
+    def __init__(
+        self,
+        max_bad_fraction: float = 0.05,
+        min_samples: int = 100,
+        key: str = "data.max_bad_fraction",
+    ) -> None:
         self.max_bad_fraction = max_bad_fraction
         self.min_samples = min_samples
-        # Column 0 counts every sample seen, the others the skip reasons.
-        self._counts = torch.zeros(MAX_WORKERS + 1, 1 + len(REASONS), dtype=torch.int64)
+        self.key = key
+        # Column 0 counts every sample seen, then the skip reasons, then the notes.
+        self._counts = torch.zeros(
+            MAX_WORKERS + 1, 1 + len(REASONS) + len(NOTES), dtype=torch.int64
+        )
         self._counts.share_memory_()
+        #: up to 5 examples of skipped samples seen by this process: "where (reason: detail)"
+        self.examples: list[str] = []
 
     def _row(self) -> torch.Tensor:
         info = torch.utils.data.get_worker_info()
@@ -73,11 +90,21 @@ class SkipCounter:
         """Record a good sample."""
         self._row()[0] += 1
 
-    def skip(self, reason: str) -> None:
-        """Record a skipped sample; raises ``BadDataError`` if too many were bad."""
+    def note(self, what: str, n: int = 1) -> None:
+        """Count ``n`` usable samples that were changed (one of ``NOTES``)."""
+        self._row()[1 + len(REASONS) + NOTES.index(what)] += n
+
+    def noted(self, what: str) -> int:
+        return int(self._counts[:, 1 + len(REASONS) + NOTES.index(what)].sum())
+
+    def skip(self, reason: str, where: str = "") -> None:
+        """Record a skipped sample (``where``: its file / shard and key, for the error);
+        raises ``BadDataError`` if too many were bad."""
         row = self._row()
         row[0] += 1
         row[1 + REASONS.index(reason)] += 1
+        if where and len(self.examples) < 5:
+            self.examples.append(where)
         self.check()
 
     @property
@@ -86,11 +113,11 @@ class SkipCounter:
 
     @property
     def skipped(self) -> int:
-        return int(self._counts[:, 1:].sum())
+        return int(self._counts[:, 1 : 1 + len(REASONS)].sum())
 
     def counts(self) -> dict[str, int]:
         """Skips per reason (reasons with zero skips left out)."""
-        totals = self._counts[:, 1:].sum(0).tolist()
+        totals = self._counts[:, 1 : 1 + len(REASONS)].sum(0).tolist()
         return {r: n for r, n in zip(REASONS, totals, strict=True) if n}
 
     def summary(self) -> str:
@@ -98,19 +125,27 @@ class SkipCounter:
         seen, skipped = self.seen, self.skipped
         pct = 100 * skipped / max(seen, 1)
         detail = ", ".join(f"{r}={n}" for r, n in self.counts().items()) or "none"
-        return f"skipped {skipped} of {seen} samples ({pct:.1f}%): {detail}"
+        notes = "".join(f", {w}={n}" for w, n in self.notes().items())
+        return f"skipped {skipped} of {seen} samples seen ({pct:.1f}%): {detail}{notes}"
+
+    def notes(self) -> dict[str, int]:
+        """Counts of usable samples that were changed (``NOTES``; zeros left out)."""
+        return {w: self.noted(w) for w in NOTES if self.noted(w)}
 
     def check(self) -> None:
         """Raise ``BadDataError`` if the bad fraction is over the limit."""
         seen = self.seen
         if seen >= self.min_samples and self.skipped > self.max_bad_fraction * seen:
+            examples = "; ".join(self.examples) or "none recorded in this process"
             raise BadDataError(
-                f"too much bad data ({self.summary()}); limit is "
-                f"{self.max_bad_fraction:.1%} (SkipCounter.max_bad_fraction)"
+                f"too much bad data: {self.summary()}, over {self.key}={self.max_bad_fraction:g}"
+                f" ({self.max_bad_fraction:.1%}). Examples: {examples}. Fix or remove those "
+                f"files, or raise {self.key}."
             )
 
     def reset(self) -> None:
         self._counts.zero_()
+        self.examples = []
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

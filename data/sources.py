@@ -7,6 +7,8 @@ the bad-sample policy of ``onetower.data.robust``.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,11 +53,22 @@ class Source:
 
     @property
     def streaming(self) -> bool:
-        return isinstance(self.dataset, datasets.IterableDataset)
+        """Rows are streamed (no ``len``, no random access)."""
+        return not isinstance(self.dataset, datasets.Dataset)
 
     def shard(self, rank: int, world_size: int) -> Source:
-        """This process's part (``split_dataset_by_node``). Don't also let accelerate shard it."""
-        return replace(self, dataset=split_dataset_by_node(self.dataset, rank, world_size))
+        """This process's part of a stream: tar shards are dealt out by shard, datasets'
+        streams by ``split_dataset_by_node``. Don't also let accelerate shard it (the dataset
+        says ``split_by_process``; ``onetower.training.state.prepare_loader`` reads it)."""
+        from onetower.data.webdataset import ShardStream
+
+        if isinstance(self.dataset, ShardStream):
+            ds = copy.copy(self.dataset)
+            ds.rank, ds.world_size, ds.split_by_process = rank, world_size, world_size > 1
+            return replace(self, dataset=ds)
+        ds = split_dataset_by_node(self.dataset, rank, world_size)
+        ds.split_by_process = world_size > 1
+        return replace(self, dataset=ds)
 
     def to_streaming(self, num_shards: int = 1) -> Source:
         """An ``IterableDataset`` view of an in-memory source (``num_shards`` >= workers)."""
@@ -67,19 +80,29 @@ class Source:
         """A stable integer id for the row's image (``image_ids`` in the batch).
 
         Numeric file stems ("000123.png", tar key "000123") give that number, so the same
-        image has the same id in every format; other keys are hashed.
+        image has the same id in every format; other keys and paths are hashed; an image given
+        only as bytes (Parquet / JSONL ``image`` bytes, ``{bytes, path: None}``) gets a hash of
+        its bytes, so identical images share an id and different ones (almost surely) differ.
+        -1 only when the row has no image at all.
         """
         raw = row.get(self.key_column) if self.key_column else None
         if raw is None and self.image_column is not None:
             raw = row.get(self.image_column)
             if isinstance(raw, dict):
-                raw = raw.get("path")
+                raw = raw.get("path") or raw.get("bytes")
+        if isinstance(raw, bytes | bytearray | memoryview) and len(raw):
+            return bytes_id(bytes(raw))
         if isinstance(raw, int):
             return raw
         if isinstance(raw, str | Path) and str(raw):
             stem = Path(str(raw)).stem.split(".")[0]
             return int(stem) if stem.isdigit() else zlib.crc32(str(raw).encode())
         return -1
+
+
+def bytes_id(data: bytes) -> int:
+    """A stable non-negative 62-bit id of an image's bytes (blake2b)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 2
 
 
 def _undecoded(ds: HFData) -> HFData:
@@ -91,6 +114,8 @@ def _undecoded(ds: HFData) -> HFData:
 
 
 def _load_table(files: list[Path], split: str, streaming: bool, cache_dir: str | None) -> HFData:
+    if all(f.is_file() and f.stat().st_size == 0 for f in files):
+        raise ValueError(f"{files[0]} is empty: it holds no samples")
     builder = _BUILDERS.get(files[0].suffix)
     if builder is None:
         raise ValueError(f"unsupported file type {files[0].suffix!r} ({files[0]})")
@@ -118,30 +143,35 @@ def _metadata_file(path: Path, split: str) -> Path | None:
 
 
 def load_pairs(
-    path: str | Path,
+    path: str | Path | list[str],
     split: str = "train",
     streaming: bool = False,
     image_column: str | None = None,
     text_column: str = "text",
     cache_dir: str | None = None,
+    shuffle_buffer: int = 0,
+    seed: int = 0,
+    resampled: bool = False,
 ) -> Source:
     """Image-text pairs from an imagefolder with captions, JSONL/Parquet/CSV, or tar shards.
 
     Args:
         path: an imagefolder (``path[/split]/metadata.{jsonl,parquet,csv}`` with
-            ``file_name`` and ``text``), a table file of (image path or bytes, caption), or a
-            folder / file of WebDataset ``.tar`` shards.
+            ``file_name`` and ``text``), a table file of (image path or bytes, caption), or
+            WebDataset tar shards as ``onetower.data.webdataset.expand_shards`` reads them (a
+            ``.tar``, a folder of them, a brace list, a glob, a URL, or a comma list).
         split: split name (imagefolder sub-folder; label for single files).
-        streaming: stream rows instead of preparing an Arrow cache.
+        streaming: stream rows instead of preparing an Arrow cache (tar shards always stream).
         image_column: image column; default ``file_name`` for imagefolders, else ``image``.
         text_column: caption column.
         cache_dir: datasets cache (``None`` = the HF default).
+        shuffle_buffer, seed, resampled: tar shards only (``ShardStream``).
     """
-    path = Path(path)
-    if path.suffix == ".tar" or (path.is_dir() and any(path.glob("*.tar"))):
-        from onetower.data.webdataset import load_webdataset
+    from onetower.data.webdataset import is_shard_spec, load_webdataset
 
-        return load_webdataset(path)
+    if is_shard_spec(path):
+        return load_webdataset(path, shuffle_buffer, seed, resampled)
+    path = Path(path)
     meta = _metadata_file(path, split) if path.is_dir() else None
     files = [meta] if meta is not None else [path]
     # Imagefolder metadata is read with the table builders rather than `imagefolder` so a

@@ -119,3 +119,118 @@ def grounding_word_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int
         except ValueError:
             continue
     return groups
+
+
+def build_tokenizer_from_texts(
+    texts: Iterable[str], vocab_size: int = 30522, model_max_length: int = 40
+) -> PreTrainedTokenizerFast:
+    """A lowercase BERT-style WordPiece tokenizer (real sub-words: ``tokenizers``'
+    ``WordPieceTrainer``) from the user's own text, with [PAD]=0 ... [MASK]=4 as
+    :func:`train_wordpiece_tokenizer`. Build it once and save it (the trainer's ties may
+    differ between processes, so never build it per rank)."""
+    from tokenizers import trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    vocab = tok.get_vocab()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    return wrap_tokenizer(tok, model_max_length)
+
+
+def iter_texts(specs: Iterable[str], text_column: str = "text") -> Iterable[str]:
+    """Captions / texts from ``.txt`` (one per line), JSONL / Parquet / CSV (``text_column``),
+    or tar shards (their captions) -- the formats ``data.pairs`` and ``data.texts`` read."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from onetower.data.webdataset import expand_shards, is_shard_spec, read_shard
+
+    for spec in specs:
+        if is_shard_spec(spec):
+            for shard in expand_shards(spec):
+                for row in read_shard(shard):
+                    text = row["text"]
+                    if isinstance(text, bytes):
+                        text = text.decode("utf-8", "replace")
+                    if text:
+                        yield text
+            continue
+        path = Path(spec)
+        if path.is_dir():  # an imagefolder: its metadata
+            path = next(
+                (
+                    path / n
+                    for n in ("metadata.jsonl", "metadata.parquet", "metadata.csv")
+                    if (path / n).is_file()
+                ),
+                path,
+            )
+        if path.suffix in (".jsonl", ".json"):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if line.strip():
+                        yield str(json.loads(line).get(text_column, ""))
+        elif path.suffix == ".parquet":
+            yield from (
+                str(t) for t in pq.read_table(path, columns=[text_column])[text_column].to_pylist()
+            )
+        elif path.suffix == ".csv":
+            import csv
+
+            with open(path, newline="", encoding="utf-8", errors="replace") as f:
+                yield from (row[text_column] for row in csv.DictReader(f))
+        else:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                yield from (line.rstrip("\n") for line in f if line.strip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m onetower.data.tokenizer OUT --texts FILE... [--vocab-size N]``: build a
+    WordPiece tokenizer from your own text and save it to OUT (give it as ``data.tokenizer``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m onetower.data.tokenizer",
+        description="Build a lowercase WordPiece tokenizer from your own text; use the folder "
+        "as data.tokenizer.",
+    )
+    parser.add_argument("out", help="folder to write (tokenizer.json + tokenizer_config.json)")
+    parser.add_argument(
+        "--texts",
+        nargs="+",
+        required=True,
+        help=".txt (a text per line), .jsonl / .parquet / .csv (--text-column), an imagefolder, "
+        "or tar shards (their captions; brace lists and globs as data.pairs takes them)",
+    )
+    parser.add_argument("--vocab-size", type=int, default=30522)
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--max-len", type=int, default=40, help="model_max_length stored")
+    args = parser.parse_args(argv)
+    n = 0
+
+    def counted() -> Iterable[str]:
+        nonlocal n
+        for t in iter_texts(args.texts, args.text_column):
+            n += 1
+            yield t
+
+    tok = build_tokenizer_from_texts(counted(), args.vocab_size, args.max_len)
+    if n == 0:
+        raise SystemExit(f"no text found in {args.texts}")
+    tok.save_pretrained(args.out)
+    print(f"wrote {args.out}: {len(tok)} tokens from {n} texts; use data.tokenizer={args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -50,6 +50,34 @@ def build_image_transform(
     )
 
 
+#: ``data.resize``: what happens to a non-square image before the (square) transform.
+RESIZE_MODES = ("crop", "pad", "squash")
+
+
+def to_square(image: Image.Image, mode: str, fill: tuple[float, ...] = DEFAULT_MEAN) -> Image.Image:
+    """A non-square image made square as ``mode`` says (a square one is returned as is).
+
+    - ``crop`` (default): unchanged here; the transform's crop takes a square part (train: a
+      random resized crop; eval: the centre), so the sides of a wide image are lost;
+    - ``pad``: centred on a square canvas of the ``fill`` colour (the normalisation mean, in
+      [0, 1], so padding reads as zero): nothing lost, some pixels wasted;
+    - ``squash``: resized to a square, the aspect ratio changed.
+    """
+    w, h = image.size
+    if w == h or mode == "crop":
+        return image
+    if mode == "squash":
+        side = max(w, h)
+        return image.resize((side, side), Image.BICUBIC)
+    if mode == "pad":
+        side = max(w, h)
+        colour = tuple(int(round(255 * c)) for c in fill)
+        canvas = Image.new("RGB", (side, side), colour)
+        canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+        return canvas
+    raise ValueError(f"resize mode {mode!r}: one of {RESIZE_MODES}")
+
+
 def sample_seed(seed: int, epoch: int, key: str | int) -> int:
     """A 63-bit seed for one sample's augmentation, stable across processes and sources."""
     return zlib.crc32(f"{seed}/{epoch}/{key}".encode()) | (zlib.adler32(str(key).encode()) << 32)

@@ -36,7 +36,10 @@ def _batches(source, tokenizer, batch_size=8, train=True):
     ds = build_dataset(source, build_image_transform(32, train=train), seed=5)
     loader = torch.utils.data.DataLoader(ds, batch_size, collate_fn=PairCollator(tokenizer, 24))
     masker = BatchMasker(tokenizer, TextMasking(), PatchMasking((4, 4), 0.5))
-    return [masker(b, step_generator(11, step)) for step, b in enumerate(loader)]
+    batches = [masker(b, step_generator(11, step)) for step, b in enumerate(loader)]
+    for b in batches:  # a tar stream's cursor: training's Stream keeps it, the model never sees it
+        b.pop("__cursor__", None)
+    return batches
 
 
 def _assert_same(a, b):

@@ -24,22 +24,41 @@ class SyntheticSection:
 
 @dataclass
 class DataSection:
-    pairs: str | None = (
-        None  #: image-text pairs (imagefolder / JSONL / Parquet / tar); null = synthetic
-    )
+    """Where the data comes from and how it is read (see ``onetower.pretraining.data``)."""
+
+    #: image-text pairs: an imagefolder, a JSONL / Parquet / CSV file, or WebDataset tar shards
+    #: (a .tar, a folder of them, a brace list shards-{000000..000331}.tar, a glob, a URL, or a
+    #: comma list of these); null = synthetic (the built-in world)
+    pairs: str | None = None
+    #: more pair sets, each mixed per step by its ratio: name -> path (as ``pairs``), e.g.
+    #: data.extra_pairs.laion=/data/laion/{00000..00099}.tar data.ratios.laion=0.5
+    extra_pairs: dict[str, str] = field(default_factory=dict)
     texts: str | None = None  #: text-only source; null = the pairs' captions (when ratio > 0)
     images: str | None = None  #: image-only source; null = the pairs' images (when ratio > 0)
-    val_pairs: str | None = None  #: held-out pairs; null = the synthetic validation split
-    tokenizer: str | None = None  #: local fast-tokenizer folder; null = the synthetic one
+    val_pairs: str | None = None  #: held-out pairs (any ``pairs`` format); needed with pairs
+    tokenizer: str | None = None  #: fast-tokenizer folder; needed with pairs (see README)
     synthetic: SyntheticSection = field(default_factory=SyntheticSection)
+    #: per-step sampling weight of each source: pairs, texts, images, or an extra_pairs name
     ratios: dict[str, float] = field(default_factory=lambda: {"pairs": 1.0})
+    #: stream table files (JSONL / Parquet / CSV) instead of an Arrow cache; tar shards always
+    #: stream
+    streaming: bool = False
+    shuffle_buffer: int = 1000  #: rows held for shuffling a stream (tar shards, streaming=true)
+    #: tar shards drawn with replacement, no epochs (open_clip's resampled mode)
+    resampled: bool = False
     image_size: int = 64
+    #: non-square images: crop (random / centre crop, the default), pad (to a square with the
+    #: mean colour, nothing lost) or squash (resize to a square, aspect changed); counted
+    resize: str = "crop"
+    #: text positions; longer captions are cut (counted and warned); the model's position
+    #: table is sized to it
     max_text_len: int = 24
     batch_size: int = 32  #: per process
     num_workers: int = 0
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    #: stop when more than this fraction of the samples seen (each time seen) is unusable
     max_bad_fraction: float = 0.05
 
 

@@ -128,7 +128,7 @@ class PretrainTask:
             if path is not None:
                 info.files["reconstructions"] = path
         summary = summarise(cfg.run.recipe, info.metrics, info)
-        if data.counter.skipped:
+        if data.counter.skipped or data.counter.notes():
             summary += f" Skipped samples: {data.counter.summary()}."
         return {
             "model_class": type(module.model).__name__,

@@ -48,7 +48,7 @@ from onetower.training.record import (
     run_record,
     save_final,
 )
-from onetower.training.state import RunningLogs, Stream, TrainState
+from onetower.training.state import RunningLogs, Stream, TrainState, prepare_loader
 from onetower.training.task import RunInfo, StepContext, Task
 
 
@@ -81,7 +81,7 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
     sharded = accelerator.distributed_type == DistributedType.FSDP and world > 1
     full_copy = copy.deepcopy(built.module) if sharded and accelerator.is_main_process else None
     module, optimizer = accelerator.prepare(built.module, optimizer)
-    loaders = {n: accelerator.prepare_data_loader(dl) for n, dl in built.loaders.items()}
+    loaders = {n: prepare_loader(accelerator, dl) for n, dl in built.loaders.items()}
     stream = Stream(loaders, built.ratios, cfg.run.seed)
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, stream, state)
