@@ -154,7 +154,7 @@ class ObjectiveComposer(nn.Module):
         Args:
             batch: dict keyed by :mod:`onetower.data.keys`.
             generator: this step's randomness (ITM negatives, patch dropout), e.g. one seeded
-                from ``(seed, step, rank)`` so a resumed run redraws the same negatives; default:
+                from ``(seed, step, slot)`` so a resumed run redraws the same negatives; default:
                 the composer's own generator, seeded once at construction.
 
         Raises:

@@ -65,3 +65,15 @@ def test_demo_probe_words_are_the_worlds():
     for path in (CONFIGS / "flava_like.yaml", CONFIGS / "debug" / "flava_like.yaml"):
         probe = OmegaConf.load(path).eval.probe_words
         assert list(probe.colour) == list(COLOURS) and list(probe.shape) == list(SHAPES)
+
+
+def test_named_size_takes_the_data_image_size(tmp_path: Path) -> None:
+    """model.size=small (64 px) with data.image_size=32: the model follows the data (the named
+    size never overrides the data's sizes, as the benchmarks' matched sizes rely on)."""
+    from onetower.data import train_wordpiece_tokenizer
+    from onetower.pretraining.build import build_model
+
+    cfg = debug_config("vilt_like", tmp_path, "model.size=small", "data.image_size=32")
+    tok = train_wordpiece_tokenizer(["a red circle left of a blue square"], vocab_size=512)
+    c = build_model(cfg, tok).config
+    assert (c.image_size, c.hidden_size) == (32, 256), (c.image_size, c.hidden_size)

@@ -49,13 +49,13 @@ def test_a_save_killed_midway_leaves_the_last_checkpoint(
 
     real_save = ckpt_mod.save_checkpoint
 
-    def dies_while_saving(accelerator, output_dir, step, keep):
+    def dies_while_saving(accelerator, output_dir, step, keep, optimizer=None):
         if step == 6:  # write part of the state, then the process "dies"
             tmp = Path(output_dir) / "checkpoints" / f".step_{step}.tmp"
             tmp.mkdir(parents=True)
             (tmp / "model.safetensors").write_bytes(b"half a file")
             raise KeyboardInterrupt
-        return real_save(accelerator, output_dir, step, keep)
+        return real_save(accelerator, output_dir, step, keep, optimizer)
 
     monkeypatch.setattr("onetower.training.engine.save_checkpoint", dies_while_saving)
     with pytest.raises(KeyboardInterrupt):

@@ -1,9 +1,8 @@
 """FSDP2 with two CPU (gloo) processes: the parameters are really sharded (DTensors, not the
 plain DDP accelerate 1.15 silently falls back to on CPU), the run ends with a normal
-save_pretrained folder that AutoModel loads, and the same weights as one process.
-
-Not yet: resuming a sharded checkpoint fails when some parameters never had a gradient before
-the save (m3ae_like's unused pooler: torch DCP then misses their optimizer state)."""
+save_pretrained folder that AutoModel loads, and the same weights as one process, also when
+stopped halfway and resumed from the sharded checkpoint (m3ae_like's pooler never gets a
+gradient: its optimizer state is filled in before each save, or torch DCP misses it on load)."""
 
 from __future__ import annotations
 
@@ -45,14 +44,20 @@ def launch_fsdp(out: Path, world: Path, *overrides: str) -> subprocess.Completed
 
 
 @pytest.mark.slow
-def test_fsdp2_on_two_cpu_processes_finishes_like_one_process(tmp_path: Path, worlds) -> None:
+def test_fsdp2_on_two_cpu_processes_resumes_and_finishes_like_one_process(
+    tmp_path: Path, worlds
+) -> None:
     one = pretrain(
         debug_config(
             "m3ae_like", tmp_path / "one", *OVERRIDES, "data.batch_size=16", world=worlds(32)
         )
     )
     out = tmp_path / "fsdp" / "m3ae_like"
-    done = launch_fsdp(out, worlds(32))
+    done = launch_fsdp(out, worlds(32), "train.stop_at=3")
+    assert done.returncode == 0, done.stderr[-4000:]
+    checkpoint = out / "checkpoints" / "step_3"
+    assert (checkpoint / "COMPLETE").is_file() and not (out / "final").exists()
+    done = launch_fsdp(out, worlds(32), "run.resume=latest")
     assert done.returncode == 0, done.stderr[-4000:]
 
     record = json.loads((out / "metrics.json").read_text())
@@ -60,6 +65,9 @@ def test_fsdp2_on_two_cpu_processes_finishes_like_one_process(tmp_path: Path, wo
     assert record["sharded_parameters"] is True, "FSDP did not engage (plain DDP?)"
     assert record["replicas_identical"] is True
     assert record["metrics"], "no evaluation under sharding"
+    losses = [v for _, v in json.loads((out / "history.json").read_text())["loss"]]
+    ours = [v for _, v in one.history["loss"]]
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ours), rtol=1e-4, atol=1e-5)
     a = load_file(one.final_model / "model.safetensors")
     b = load_file(out / "final" / "model.safetensors")
     assert a.keys() == b.keys()

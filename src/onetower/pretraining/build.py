@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from onetower.backbones import config_fields, init_from_backbones, load_hf_text, load_timm
-from onetower.configuration import SIZES, OneTowerConfig
+from onetower.configuration import OneTowerConfig
 from onetower.data.batch_masking import BatchMasker
 from onetower.hub import onetower_folder
 from onetower.modeling import OneTowerModel
@@ -51,8 +51,10 @@ def build_model(cfg: DictConfig, tokenizer: Any) -> OneTowerModel:
         try:
             image = load_timm(image_spec) if image_spec else None
             text = load_hf_text(text_spec) if text_spec else None
-            # the backbones' own sizes over the named size; explicit fields must agree
-            chosen = {**(SIZES[size] if size in SIZES else {}), **config_fields(image, text)}
+            # the backbones' own sizes over the named size; explicit fields must agree. The
+            # named size comes in through from_size, under the data's sizes (data.image_size,
+            # data.max_text_len, the tokenizer), never over them.
+            chosen = config_fields(image, text)
             config = (
                 OneTowerConfig.from_size(size, **{**defaults, **chosen, **fields})
                 if size

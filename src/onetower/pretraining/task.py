@@ -1,9 +1,13 @@
 """Pretraining as a task the engine drives: the objective heads over the shared encoder.
 
-Every random choice of a step is a function of ``(seed, step, rank)``: the MLM / MIM masks are
+Every random choice of a step is a function of ``(seed, step, slot)``: the MLM / MIM masks are
 drawn for the global batch of the step (every micro-batch of every process) and sliced, so 1
-or N processes, with or without gradient accumulation, see the same masks; ITM negatives and
-patch dropout are drawn per ``(step, rank)``.
+or N processes, with or without gradient accumulation, see the same masks. ITM negatives and
+patch dropout are drawn per slot, from a generator seeded by ``(seed, step, slot)``, among the
+slot's own rows (a rank holds only its own images): slot ``s`` draws the same whether it is a
+process or an accumulation micro-batch, so N processes of batch B equal one process of batch
+B with ``train.grad_accum=N`` (the README's "Processes and equivalence" says which recipes also
+equal one process of batch N * B).
 """
 
 from __future__ import annotations
@@ -65,8 +69,9 @@ class PretrainTask:
     def step(self, module: nn.Module, batch: Mapping[str, Any], ctx: StepContext) -> StepOutput:
         # masks for the whole step's batch, sliced to this micro-batch (see the module doc)
         batch = self.masker(batch, step_generator(ctx.seed, ctx.step), ctx.slot, ctx.slots)
-        # ITM negatives and patch dropout: per (step, rank), so a resume redraws them
-        out = module(batch, generator=step_generator(ctx.seed + 1, ctx.micro_step, ctx.rank))
+        # ITM negatives and patch dropout: per (step, slot), among the slot's rows, so a resume
+        # redraws them and a slot draws the same as a process or as an accumulation micro-batch
+        out = module(batch, generator=step_generator(ctx.seed + 1, ctx.step, ctx.slot))
         logs = out.logs()
         logs.pop("loss")
         return StepOutput(out.loss, logs)

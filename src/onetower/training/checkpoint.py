@@ -13,6 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 
 _STEP = re.compile(r"^step_(\d+)$")
@@ -72,8 +73,56 @@ def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, keep: int) -> Path:
-    """``save_state`` atomically as ``checkpoints/step_<step>``, then prune to the last ``keep``."""
+def fill_optimizer_state(optimizer: torch.optim.Optimizer) -> int:
+    """Give every trainable parameter without optimizer state the state a fresh optimizer would
+    create for it (zeros, step 0); returns how many got one.
+
+    A parameter that has had no gradient yet (a head unused so far, an encoder pooler no
+    objective reads) has no state, while a sharded (FSDP2) resume loads into an optimizer whose
+    state covers every parameter: torch DCP then fails on the missing keys. Zero moments at step
+    0 are exactly what Adam / AdamW start from, so this changes no update. The layout is copied
+    from a parameter that has state; with none yet (no step taken) nothing is done.
+    """
+    opt = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+    with_state = [p for p in params if opt.state.get(p)]
+    if not with_state:
+        return 0
+    ref = with_state[0]
+    filled = 0
+    for p in params:
+        if opt.state.get(p):
+            continue
+        new = {}
+        for k, v in opt.state[ref].items():
+            if torch.is_tensor(v) and v.dim() > 0 and v.shape == ref.shape:
+                new[k] = torch.zeros_like(p)  # a moment: the parameter's shape and sharding
+            elif torch.is_tensor(v) and v.dim() == 0:
+                new[k] = torch.zeros_like(v)  # a counter (Adam's step)
+            else:
+                raise TypeError(
+                    f"cannot initialise optimizer state {k!r} of {type(opt).__name__} for a "
+                    "parameter that has had no gradient yet"
+                )
+        opt.state[p] = new
+        filled += 1
+    return filled
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: str | Path,
+    step: int,
+    keep: int,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Path:
+    """``save_state`` atomically as ``checkpoints/step_<step>``, then prune to the last ``keep``.
+
+    With ``optimizer``, parameters that never had a gradient get fresh optimizer state first
+    (:func:`fill_optimizer_state`), so a sharded checkpoint holds state for every parameter.
+    """
+    if optimizer is not None:
+        fill_optimizer_state(optimizer)
     root = Path(output_dir) / "checkpoints"
     final = root / f"step_{step}"
     tmp = root / f".step_{step}.tmp"

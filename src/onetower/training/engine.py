@@ -9,7 +9,7 @@ Interruption: SIGINT / SIGTERM stop the loop after the current step with a check
 rank (:mod:`onetower.training.interrupt`). Resuming a finished run does nothing and says so,
 unless ``train.max_steps`` is raised.
 
-Randomness: the task derives every draw of a step from ``(seed, step, rank)`` through its
+Randomness: the task derives every draw of a step from ``(seed, step, slot)`` through its
 :class:`~onetower.training.task.StepContext`; with the seedable sampler and the stream's
 positions saved in each checkpoint, a resumed run is bit-identical to an uninterrupted one.
 """
@@ -77,8 +77,9 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
     # the scheduler is stepped by hand once per optimizer step, so it is registered for
     # checkpointing instead of prepared (a prepared one steps num_processes times)
     # sharded parameters (FSDP): evaluation, the final model and the task's finish read a full
-    # copy on the main process, loaded from the gathered state dict (see `full_view`)
-    sharded = accelerator.distributed_type == DistributedType.FSDP and world > 1
+    # copy on the main process, loaded from the gathered state dict (see `full_view`); on one
+    # process too: FSDP2 still holds DTensors whose unsharded storage it frees after a pass
+    sharded = accelerator.distributed_type == DistributedType.FSDP
     full_copy = copy.deepcopy(built.module) if sharded and accelerator.is_main_process else None
     module, optimizer = accelerator.prepare(built.module, optimizer)
     loaders = {n: prepare_loader(accelerator, dl) for n, dl in built.loaders.items()}
@@ -179,7 +180,9 @@ def train(cfg: DictConfig, task: Task) -> RunResult:
             stop, timed = agree(accelerator, signals.received is not None, timed)
             every = t.save_every and state.step % t.save_every == 0
             if every or state.step == stop_at or timed or stop:
-                checkpoint = save_checkpoint(accelerator, out_dir, state.step, t.keep_last)
+                checkpoint = save_checkpoint(
+                    accelerator, out_dir, state.step, t.keep_last, optimizer
+                )
                 last_save = time.monotonic()
             if stop:
                 bar.close()
