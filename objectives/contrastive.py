@@ -108,18 +108,25 @@ class ContrastiveHead(nn.Module):
         gather: gather features across processes with gradient.
         patch_dropout: fraction of image patches dropped from the ``image`` view in training
             (FLIP).
+        bias: bias on the two projections (FLAVA's ``text_projection`` / ``image_projection``
+            have one; CLIP's do not).
     """
 
     modalities = frozenset({"text", "image"})
 
     def __init__(
-        self, dim: int, proj_dim: int, gather: bool = True, patch_dropout: float = 0.0
+        self,
+        dim: int,
+        proj_dim: int,
+        gather: bool = True,
+        patch_dropout: float = 0.0,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= patch_dropout < 1.0:
             raise ValueError(f"patch_dropout must be in [0, 1), got {patch_dropout}")
-        self.text_proj = nn.Linear(dim, proj_dim, bias=False)
-        self.image_proj = nn.Linear(dim, proj_dim, bias=False)
+        self.text_proj = nn.Linear(dim, proj_dim, bias=bias)
+        self.image_proj = nn.Linear(dim, proj_dim, bias=bias)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
         self.gather = gather
         self.views = (TextView(), ImageView(patch_dropout=patch_dropout))
@@ -181,7 +188,9 @@ def build_contrastive(
     proj_dim: int | None = None,
     gather: bool = True,
     patch_dropout: float = 0.0,
+    bias: bool = False,
 ) -> ContrastiveHead:
-    """Contrastive head; ``proj_dim`` defaults to the encoder width."""
+    """Contrastive head; ``proj_dim`` defaults to the encoder width; ``bias`` on the
+    projections (a converted FLAVA has it)."""
     D = model.config.hidden_size
-    return ContrastiveHead(D, proj_dim or D, gather=gather, patch_dropout=patch_dropout)
+    return ContrastiveHead(D, proj_dim or D, gather=gather, patch_dropout=patch_dropout, bias=bias)

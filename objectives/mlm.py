@@ -34,12 +34,19 @@ class MLMHead(nn.Module):
         eps: LayerNorm epsilon of the transform.
         masking: how tokens are selected; they are replaced ([MASK] / random / kept) in the
             encoder input of the ``masked_pair`` view.
+        tied: decode with the token embedding (BERT / ViLT); False gives the head its own
+            decoder weight ``decoder`` `(V, D)`, starting as a copy of the embedding (FLAVA's
+            heads are untied).
     """
 
     modalities = frozenset({"text"})
 
     def __init__(
-        self, embedding: nn.Embedding, eps: float = 1e-12, masking: TextMasking | None = None
+        self,
+        embedding: nn.Embedding,
+        eps: float = 1e-12,
+        masking: TextMasking | None = None,
+        tied: bool = True,
     ) -> None:
         super().__init__()
         self.views = (MaskedPairView(text_mode="replace", text_masking=masking or TextMasking()),)
@@ -50,6 +57,7 @@ class MLMHead(nn.Module):
         # with the encoder, and loaded back tied (no "Removed shared tensor" on each checkpoint).
         self._embedding = (embedding,)
         self.bias = nn.Parameter(torch.zeros(vocab))
+        self.decoder = None if tied else nn.Parameter(embedding.weight.detach().clone())
 
     def applies_to(self, batch: Mapping[str, Any]) -> bool:
         return keys.MLM_LABELS in batch and keys.MLM_INPUT_IDS in batch
@@ -67,7 +75,8 @@ class MLMHead(nn.Module):
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits `(M, V)` of selected states `(M, D)`."""
-        return self.transform(states) @ self.embedding.weight.t() + self.bias
+        weight = self.embedding.weight if self.decoder is None else self.decoder
+        return self.transform(states) @ weight.t() + self.bias
 
     def forward(self, views: Mapping[str, Any], batch: Mapping[str, Any]) -> ObjectiveOutput:
         """Args:
@@ -100,8 +109,9 @@ def build_mlm(
     mask_replace: float = 0.8,
     random_replace: float = 0.1,
     eps: float = 1e-12,
+    tied: bool = True,
 ) -> MLMHead:
-    """MLM head tied to ``model.get_input_embeddings()``.
+    """MLM head tied to ``model.get_input_embeddings()`` (``tied=false``: its own decoder).
 
     Args:
         probability: share of tokens (of words, with ``whole_word``) selected (BERT: 0.15).
@@ -109,8 +119,9 @@ def build_mlm(
         mask_replace, random_replace: shares of the selected tokens replaced by [MASK] and by
             a random token (BERT: 0.8 / 0.1; the rest stay unchanged).
         eps: LayerNorm epsilon of the prediction transform.
+        tied: decode with the token embedding; false for an untied decoder (converted FLAVA).
     """
     if not 0.0 < probability <= 1.0:
         raise ValueError(f"mlm probability must be in (0, 1], got {probability}")
     masking = TextMasking(probability, mask_replace, random_replace, whole_word)
-    return MLMHead(model.get_input_embeddings(), eps=eps, masking=masking)
+    return MLMHead(model.get_input_embeddings(), eps=eps, masking=masking, tied=tied)

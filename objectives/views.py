@@ -333,6 +333,7 @@ def _reuse_towers(step: Any) -> bool:
         m.text_tower is not None
         and m.image_tower is not None
         and {TEXT, IMAGE} <= step.planned
+        and not m.config.tower_fusion_prenorm  # fusion reads pre-norm states: run forward
         and not (isinstance(image, ImageView) and image.drops_patches(m.training))
     )
 

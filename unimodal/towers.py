@@ -20,6 +20,8 @@ class UnimodalTower(nn.Module):
         dim, num_heads, mlp_hidden, qkv_bias, drop, attn_drop, drop_path, norm_eps: as
             :class:`~onetower.layers.Block`.
         post_norm: BERT-order blocks and no final norm (a text tower from BERT / RoBERTa).
+        fusion_prenorm: project the last block's output before the final norm (FLAVA's
+            ``*_to_mm_projection`` reads the encoder's last hidden state, not the normed one).
     """
 
     def __init__(
@@ -34,8 +36,10 @@ class UnimodalTower(nn.Module):
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
         post_norm: bool = False,
+        fusion_prenorm: bool = False,
     ) -> None:
         super().__init__()
+        self.fusion_prenorm = fusion_prenorm
         if depth <= 0:
             raise ValueError(f"a unimodal tower needs at least one layer, got {depth}")
         self.encoder = BlockStack(
@@ -65,5 +69,7 @@ class UnimodalTower(nn.Module):
             ``(tower states (B, L, D), projected into the fusion space (B, L, D) or None)``.
         """
         attn_mask = None if valid is None else valid[:, None, None, :]  # (B, 1, 1, L)
-        states, _ = self.encoder(x, attn_mask)
-        return states, self.to_fusion(states) if project else None
+        states, blocks = self.encoder(x, attn_mask, return_all=self.fusion_prenorm and project)
+        if not project:
+            return states, None
+        return states, self.to_fusion(blocks[-1] if self.fusion_prenorm else states)

@@ -256,6 +256,6 @@ def init_from_backbones(
                 f"{tuple(v.shape)}"
             )
         ours[k].copy_(v)
-    if state:
+    if state and model.segment_embeddings is not None:
         model.segment_embeddings.weight.zero_()
     return model

@@ -72,6 +72,10 @@ class OneTowerConfig(PreTrainedConfig):
         multiway: BEiT-3 style Multiway blocks (per-modality LayerNorms and FFN, shared attention).
         num_segments: rows of the segment (modality-type) embedding: 2 = text, image;
             3 adds a second-image segment (NLVR2 pair method).
+        segment_embeddings: add the segment embedding to each stream (ViLT); False for
+            FLAVA, whose fusion encoder has none.
+        fusion_cls_token: a learned token put in front of the fused sequence (FLAVA's
+            multimodal CLS); the pooled output then reads it. Fusion passes only.
     Text:
         vocab_size, max_text_len, pad_token_id; text_position ``"learned"`` | ``"sincos"``;
         text_embed_norm: LayerNorm after the text embedding sum (BERT/ViLT).
@@ -88,6 +92,8 @@ class OneTowerConfig(PreTrainedConfig):
         fusion, followed by a norm and a linear projection into the fusion encoder.
         text_tower_post_norm: the text tower's blocks in BERT's post-LN order (no final norm),
             for a text tower initialised from BERT / RoBERTa / XLM-R.
+        tower_fusion_prenorm: project the towers' last block output *before* their final
+            norm into fusion (FLAVA does); the unimodal states stay the normed ones.
     Task heads (VQA, NLVR2):
         classifier_pooling: what the classifier reads: ``"cls"`` the pooled output (ViLT);
             ``"cls+patches"`` also the max and the mean over the fused image-patch tokens.
@@ -112,6 +118,8 @@ class OneTowerConfig(PreTrainedConfig):
     qkv_bias: bool = True
     multiway: bool = False
     num_segments: int = 2
+    segment_embeddings: bool = True
+    fusion_cls_token: bool = False
     vocab_size: int = 30522
     max_text_len: int = 40
     pad_token_id: int | None = 0
@@ -129,6 +137,7 @@ class OneTowerConfig(PreTrainedConfig):
     text_tower_layers: int = 0
     image_tower_layers: int = 0
     text_tower_post_norm: bool = False
+    tower_fusion_prenorm: bool = False
     classifier_pooling: str = "cls"
     multi_image_method: str = "pair"
 

@@ -48,6 +48,8 @@ class OneTowerPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         std = self.config.initializer_range
+        if getattr(module, "fusion_cls", None) is not None:
+            init.trunc_normal_(module.fusion_cls, std=std)
         if isinstance(module, ImageEmbedder):
             for p in (module.cls_token, module.pos_embed):
                 if p is not None:
@@ -170,14 +172,19 @@ class OneTowerModel(OneTowerPreTrainedModel):
                 c.text_tower_layers,
                 **{**tower, "norm_eps": text_eps},
                 post_norm=c.text_tower_post_norm,
+                fusion_prenorm=c.tower_fusion_prenorm,
             )
             if c.text_tower_layers
             else None
         )
         self.image_tower = (
-            UnimodalTower(c.image_tower_layers, **tower) if c.image_tower_layers else None
+            UnimodalTower(c.image_tower_layers, **tower, fusion_prenorm=c.tower_fusion_prenorm)
+            if c.image_tower_layers
+            else None
         )
-        self.segment_embeddings = nn.Embedding(c.num_segments, D)
+        self.segment_embeddings = nn.Embedding(c.num_segments, D) if c.segment_embeddings else None
+        # FLAVA's multimodal CLS, in front of the fused sequence
+        self.fusion_cls = nn.Parameter(torch.zeros(1, 1, D)) if c.fusion_cls_token else None
         self.encoder = BlockStack(c.num_hidden_layers, num_experts=2 if c.multiway else 1, **tower)
         self.pooler = Pooler(D)
         self.post_init()
@@ -337,6 +344,11 @@ class OneTowerModel(OneTowerPreTrainedModel):
         """
         if self.text_tower is None or self.image_tower is None:
             raise ValueError("fuse_unimodal needs a model with both unimodal towers")
+        if self.config.tower_fusion_prenorm:
+            raise ValueError(
+                "fuse_unimodal needs the towers' normed states to be their fusion input; this "
+                "model (tower_fusion_prenorm=true) projects the pre-norm states: call forward"
+            )
         if text_states.shape[0] != image_states.shape[0]:
             raise ValueError(
                 f"text states have {text_states.shape[0]} rows, image states {image_states.shape[0]}"
@@ -395,7 +407,9 @@ class OneTowerModel(OneTowerPreTrainedModel):
         return n
 
     def _add_text(self, s: Streams, x: torch.Tensor, valid: torch.Tensor | None) -> None:
-        s.add("text", x + self.segment_embeddings.weight[TEXT_SEGMENT], valid, TEXT_SEGMENT)
+        if self.segment_embeddings is not None:
+            x = x + self.segment_embeddings.weight[TEXT_SEGMENT]
+        s.add("text", x, valid, TEXT_SEGMENT)
         s.cls_positions["text"] = 0
 
     def _add_image(
@@ -406,7 +420,9 @@ class OneTowerModel(OneTowerPreTrainedModel):
         segment: int | torch.Tensor,
         name: str = "image",
     ) -> None:
-        if isinstance(segment, torch.Tensor):
+        if self.segment_embeddings is None:
+            embedding = 0.0
+        elif isinstance(segment, torch.Tensor):
             embedding = self.segment_embeddings(segment)[:, None]  # (B, 1, D)
         else:
             embedding = self.segment_embeddings.weight[segment]  # (D,)
@@ -420,6 +436,9 @@ class OneTowerModel(OneTowerPreTrainedModel):
         self, s: Streams, fuse: bool, output_hidden_states: bool, attention: str = "bidirectional"
     ) -> EncoderOutput:
         """Concatenate the streams, run the fusion encoder (if ``fuse``) and pool."""
+        if fuse and self.fusion_cls is not None:
+            ref = s.parts[0]
+            s.prepend("fusion", self.fusion_cls.to(ref.dtype).expand(ref.shape[0], -1, -1))
         key_mask = s.key_mask()  # (B, L) or None
         x = s.tokens()  # (B, L, D)
         split = s.slices["text"].stop if "text" in s.slices else 0

@@ -42,6 +42,18 @@ class Streams:
         self.slices[name] = slice(start, start + x.shape[1])
         return start
 
+    def prepend(self, name: str, x: torch.Tensor) -> None:
+        """Put a one-token stream `(B, 1, D)` (segment 0, never padded) in front of the others,
+        as the CLS the pooler reads (FLAVA's multimodal CLS); the other streams shift by one."""
+        n = x.shape[1]
+        self.parts.insert(0, x)
+        self.masks.insert(0, None)
+        self.segments.insert(0, torch.zeros((1, n), device=x.device, dtype=torch.long))
+        self.slices = {name: slice(0, n)} | {
+            k: slice(v.start + n, v.stop + n) for k, v in self.slices.items()
+        }
+        self.cls_positions = {name: 0} | {k: v + n for k, v in self.cls_positions.items()}
+
     def tokens(self) -> torch.Tensor:
         """The streams concatenated along L, `(B, L, D)`."""
         return torch.cat(self.parts, dim=1) if len(self.parts) > 1 else self.parts[0]
@@ -88,7 +100,7 @@ class Streams:
     def pool_token(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The token the pooler reads from ``x`` `(B, L, D)`: the first CLS, else the mean of
         the image patches (over the real ones when ``mask`` is given)."""
-        for name in ("text", "image"):
+        for name in ("fusion", "text", "image"):
             if name in self.cls_positions:
                 return x[:, self.cls_positions[name]]
         patches = x[:, self.slices["image_patches"]]  # (B, N, D)

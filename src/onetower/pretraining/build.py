@@ -35,9 +35,12 @@ def build_model(cfg: DictConfig, tokenizer: Any) -> OneTowerModel:
             "model.init loads a whole saved model: drop model.init_image / model.init_text"
         )
     if init:
+        # the saved config decides; a YAML's model fields are cleared with model.<field>=null
+        fields = {k: v for k, v in fields.items() if v is not None}
         if fields or size:
             raise ConfigError(
-                f"model.init={init!r} loads a saved model: drop model.{sorted(fields) or ['size']}"
+                f"model.init={init!r} loads a saved model: drop model.{sorted(fields) or ['size']} "
+                "(or set them to null on the command line)"
             )
         onetower_folder(init, "model.init")
         model = OneTowerModel.from_pretrained(init)
@@ -133,12 +136,17 @@ def load_init_heads(cfg: DictConfig, composer: ObjectiveComposer) -> list[str]:
     for name in wanted:
         mine = {k for k in state if k.startswith(f"{name}.")}
         theirs = {k for k in saved if k.startswith(f"{name}.")}
-        bad = sorted(k for k in mine & theirs if saved[k].shape != state[k].shape)
+        bad = [
+            f"{k} saved {tuple(saved[k].shape)}, built {tuple(state[k].shape)}"
+            for k in sorted(mine & theirs)
+            if saved[k].shape != state[k].shape
+        ]
         if mine != theirs or bad:
             raise ConfigError(
                 f"model.init={init}: the saved {name!r} head does not fit the one built from "
                 f"objectives.{name}: missing {sorted(mine - theirs)[:4]}, unexpected "
-                f"{sorted(theirs - mine)[:4]}, other shapes {bad[:4]}"
+                f"{sorted(theirs - mine)[:4]}, other shapes {bad[:2]}"
+                + _head_option_hint(name, mine, theirs)
             )
         load.update({k: saved[k] for k in theirs})
     composer.heads.load_state_dict(load, strict=False)
@@ -154,3 +162,18 @@ def build_masker(tokenizer: Any, composer: ObjectiveComposer) -> BatchMasker:
     return BatchMasker(
         tokenizer, spec.text_masking, spec.image_masking, drop_text=spec.text_mode == "drop"
     )
+
+
+def _head_option_hint(name: str, mine: set[str], theirs: set[str]) -> str:
+    """The objective option that builds the saved layout, when it is a known one (FLAVA's
+    untied MLM decoder, its projection biases)."""
+    options = {
+        "mlm.decoder": f"objectives.{name}.tied",
+        "contrastive.text_proj.bias": f"objectives.{name}.bias",
+    }
+    for key, option in options.items():
+        if key in theirs - mine:
+            return f"; the saved head needs {option}={'false' if 'tied' in option else 'true'}"
+        if key in mine - theirs:
+            return f"; the saved head needs {option}={'true' if 'tied' in option else 'false'}"
+    return ""
