@@ -39,6 +39,7 @@ from onetower.hub.remote_code import MARKER, bundle
 HELPERS = {
     "onetower_layers.py",
     "onetower_outputs.py",
+    "onetower_pretrained.py",
     "onetower_sequence.py",
     "onetower_unimodal.py",
     "onetower_unimodal_image.py",
