@@ -2,7 +2,9 @@
 
 Files (visualqa.org): ``v2_OpenEnded_mscoco_<subtype>_questions.json``,
 ``v2_mscoco_<subtype>_annotations.json`` (absent for test), images
-``<subtype>/COCO_<subtype>_<12-digit image_id>.jpg``.
+``<folder>/COCO_<folder>_<12-digit image_id>.jpg`` where the folder is the subtype, except for
+test-dev: its questions are a subset of test2015's, whose images it uses
+(``test2015/COCO_test2015_*.jpg``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ def vqa_score(num_matching: int) -> float:
     return (0.0, 0.3, 0.6, 0.9)[num_matching] if num_matching < 4 else 1.0
 
 
+#: Subtypes whose images live in another subtype's folder (test-dev is part of test2015).
+IMAGE_FOLDER = {"test-dev2015": "test2015"}
+
+
 def read_vqa(root: str | Path, subtype: str = "train2014") -> Source:
     """Read one VQA v2 subtype into a pairs ``Source`` (text = question).
 
@@ -37,7 +43,11 @@ def read_vqa(root: str | Path, subtype: str = "train2014") -> Source:
     ``multiple_choice_answer``, ``answer_type``, ``question_type``.
     """
     root = Path(root)
-    questions = json.loads((root / f"v2_OpenEnded_mscoco_{subtype}_questions.json").read_text())
+    q_path = root / f"v2_OpenEnded_mscoco_{subtype}_questions.json"
+    if not q_path.exists():
+        raise FileNotFoundError(f"VQA subtype {subtype!r}: {q_path} does not exist")
+    questions = json.loads(q_path.read_text())
+    folder = IMAGE_FOLDER.get(subtype, subtype)
     ann_path = root / f"v2_mscoco_{subtype}_annotations.json"
     anns = {}
     if ann_path.exists():
@@ -50,7 +60,7 @@ def read_vqa(root: str | Path, subtype: str = "train2014") -> Source:
                 "question_id": q["question_id"],
                 "image_id": q["image_id"],
                 "question": q["question"],
-                "image": f"{subtype}/COCO_{subtype}_{q['image_id']:012d}.jpg",
+                "image": f"{folder}/COCO_{folder}_{q['image_id']:012d}.jpg",
                 "answers": [x["answer"] for x in a.get("answers", [])],
                 "multiple_choice_answer": a.get("multiple_choice_answer", ""),
                 "answer_type": a.get("answer_type", ""),

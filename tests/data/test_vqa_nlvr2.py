@@ -81,3 +81,15 @@ def test_nlvr2_round_trip(world, tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(line | {"label": "maybe"}) + "\n")
     with pytest.raises(ValueError, match="train.json:1"):
         read_nlvr2(tmp_path, "train")
+
+
+def test_vqa_test_dev_reads_test2015_images(world, tmp_path):
+    """test-dev's questions name test2015 images (the official layout has no test-dev folder)."""
+    q = json.loads((world.vqa_dir / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())
+    (tmp_path / "v2_OpenEnded_mscoco_test-dev2015_questions.json").write_text(json.dumps(q))
+    src = read_vqa(tmp_path, "test-dev2015")
+    image_id = q["questions"][0]["image_id"]
+    assert src.dataset[0]["image"] == f"test2015/COCO_test2015_{image_id:012d}.jpg"
+    assert src.dataset[0]["answers"] == []  # no annotations for test subtypes
+    with pytest.raises(FileNotFoundError, match="test2015_questions"):
+        read_vqa(tmp_path, "test2015")

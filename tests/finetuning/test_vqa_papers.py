@@ -31,14 +31,15 @@ def _config(tmp_path: Path, world: Path, *overrides: str):
 
 
 def _test_dev(vqa_dir: Path) -> None:
-    """A test-dev2015 split in the official layout: questions only, no annotations."""
+    """A test-dev2015 split in the official layout: questions only, no annotations, images in
+    test2015/ named COCO_test2015_* (test-dev is a subset of test2015 and has no folder)."""
     q = json.loads((vqa_dir / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())
     q["data_subtype"] = "test-dev2015"
     (vqa_dir / "v2_OpenEnded_mscoco_test-dev2015_questions.json").write_text(json.dumps(q))
-    (vqa_dir / "test-dev2015").mkdir(exist_ok=True)
+    (vqa_dir / "test2015").mkdir(exist_ok=True)
     for f in (vqa_dir / "val2014").iterdir():
-        name = f.name.replace("val2014", "test-dev2015")
-        shutil.copy(f, vqa_dir / "test-dev2015" / name)
+        name = f.name.replace("val2014", "test2015")
+        shutil.copy(f, vqa_dir / "test2015" / name)
 
 
 def test_train_plus_val_submission_at_a_higher_resolution(tmp_path) -> None:
