@@ -215,3 +215,21 @@ def test_unpadded_batch_samples_as_vilt_does() -> None:
     assert out.image_keep_ids.shape == (3, 10)
     torch.testing.assert_close(out.pooler_output, ref.pooler_output, atol=ATOL, rtol=0)
     torch.testing.assert_close(out.tokens("text"), ref.last_hidden_state[:, :6], atol=ATOL, rtol=0)
+
+
+def test_nlvr2_pair_method_samples_each_image_as_vilt_does() -> None:
+    from transformers import ViltForImagesAndTextClassification
+
+    torch.manual_seed(0)
+    config = vilt_config(max_image_length=10, num_images=2, modality_type_vocab_size=3)
+    vilt = randomise(ViltForImagesAndTextClassification(config))
+    ours = convert_vilt_to_onetower(vilt).eval()
+    ids, px = torch.randint(0, 300, (3, 6)), torch.randn(3, 2, 3, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(8)  # ViLT: image 1 of every row, then image 2: our row order too
+        ref = vilt(input_ids=ids, pixel_values=px).logits
+        after_vilt = torch.get_rng_state()
+        torch.manual_seed(8)
+        got = ours(input_ids=ids, pixel_values=px).logits
+    assert torch.equal(torch.get_rng_state(), after_vilt)
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
