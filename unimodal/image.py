@@ -3,7 +3,8 @@
 Supports an optional image CLS token, learned or 2-D sin-cos positions (learned tables are
 resampled to other grids with timm), BEiT-style mask tokens, and *visible-only* encoding:
 given ``keep_ids`` only those patches are embedded and returned, so masked patches never
-reach the encoder (MAE / M3AE / FLIP).
+reach the encoder (MAE / M3AE / FLIP). :func:`sample_patches` draws such keep-ids ViLT's way
+(at most ``max_image_len`` real patches per image).
 """
 
 from __future__ import annotations
