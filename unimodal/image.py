@@ -3,7 +3,8 @@
 Supports an optional image CLS token, learned or 2-D sin-cos positions (learned tables are
 resampled to other grids with timm), BEiT-style mask tokens, and *visible-only* encoding:
 given ``keep_ids`` only those patches are embedded and returned, so masked patches never
-reach the encoder (MAE / M3AE / FLIP).
+reach the encoder (MAE / M3AE / FLIP). :func:`sample_patches` draws such keep-ids ViLT's way
+(at most ``max_image_len`` real patches per image).
 """
 
 from __future__ import annotations
@@ -44,6 +45,47 @@ def unpatchify(patches: torch.Tensor, patch_size: int, grid: tuple[int, int]) ->
 
 #: How a learned position table is resampled to another patch grid.
 RESAMPLE_MODES = ("bicubic", "bilinear")
+
+
+def sample_patches(
+    patch_valid: torch.Tensor | None, num_patches: int, limit: int, batch_size: int
+) -> torch.Tensor:
+    """ViLT's patch sampling (``visual_embed``'s ``max_image_len``): keep-ids for at most
+    ``limit`` patches per image.
+
+    The kept length is ``Nk = min(limit, most real patches of any image)``. An image with at
+    least ``Nk`` real patches keeps ``Nk`` of them drawn without replacement; an image with
+    fewer keeps all of them and fills the rest with -1 slots (masked). The draws are ViLT's own
+    ``torch.multinomial`` calls, row by row on the global CPU generator, so the same seed
+    selects the same patches as transformers' ``ViltModel``; ViLT's draw of padding patches for
+    the filler slots is made (and dropped) to keep the generator in step.
+
+    Args:
+        patch_valid: bool `(B, N)` real patches (from a pixel mask), or None = every patch.
+        num_patches: N.
+        limit: the most patches kept per image (> 0).
+        batch_size: B.
+
+    Returns:
+        long `(B, Nk)` on the CPU: kept patch indices in grid order, then -1 slots.
+    """
+    if patch_valid is None:  # every image has all N patches: no filler, no host sync
+        n = min(limit, num_patches)
+        ones = torch.ones(num_patches)
+        return torch.stack(
+            [torch.multinomial(ones, n).sort().values for _ in range(batch_size)]
+        )  # (B, Nk)
+    valid = patch_valid.cpu()  # the counts decide the shapes: a host sync, as in ViLT
+    n = min(limit, int(valid.sum(1).max()))
+    rows = []
+    for row in valid:
+        real, pad = row.nonzero()[:, 0], (~row).nonzero()[:, 0]  # grid indices
+        if len(real) >= n:
+            rows.append(real[torch.multinomial(torch.ones(len(real)), n)].sort().values)
+        else:
+            torch.multinomial(torch.ones(len(pad)), n - len(real), replacement=True)
+            rows.append(torch.cat([real, real.new_full((n - len(real),), -1)]))
+    return torch.stack(rows)  # (B, Nk)
 
 
 class ImageEmbedder(nn.Module):
@@ -168,8 +210,7 @@ class ImageEmbedder(nn.Module):
             raise ValueError(
                 f"pixel_mask must be (batch, height, width), got shape {tuple(pixel_mask.shape)}"
             )
-        # nearest sampling of the pixel mask at the patch grid (ViLT): (B, gh, gw)
-        patches = F.interpolate(pixel_mask[:, None].float(), size=grid).long()[:, 0]
+        patches = self._patch_grid_mask(pixel_mask, grid)  # (B, gh, gw)
         heights = patches.sum(dim=1)[:, 0].tolist()  # real rows in the first column
         widths = patches.sum(dim=2)[:, 0].tolist()  # real columns in the first row
         cache: dict[tuple[int, int], torch.Tensor] = {}
@@ -185,6 +226,53 @@ class ImageEmbedder(nn.Module):
                 cache[(h, w)] = table.flatten(2).transpose(1, 2)  # (1, gh*gw, D)
             tables.append(cache[(h, w)])
         return torch.cat(tables, dim=0), patches.flatten(1).bool()
+
+    @staticmethod
+    def _patch_grid_mask(pixel_mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Long `(B, gh, gw)`, 1 = real patch: the pixel mask sampled (nearest) at the patch
+        grid, as ViLT does."""
+        return F.interpolate(pixel_mask[:, None].float(), size=grid).long()[:, 0]
+
+    def sample_keep_ids(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None,
+        limit: int,
+        keep_ids: torch.Tensor | None = None,
+        masked_patches: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Keep-ids `(B, Nk)` (on the images' device) for at most ``limit`` patches per image,
+        ViLT's way (:func:`sample_patches`); pass them to :meth:`forward` as ``keep_ids``.
+
+        Raises:
+            ValueError: ``keep_ids`` or ``masked_patches`` given too (they choose or mask
+                patches of the full grid themselves), or several images per row.
+        """
+        setting = f"max_image_patches={limit}"
+        if keep_ids is not None or masked_patches is not None:
+            given = "image_keep_ids" if keep_ids is not None else "bool_masked_pos"
+            raise ValueError(
+                f"{given} given to a model with {setting}: patch sampling already chooses "
+                f"which patches are encoded; set config.max_image_patches=None to use {given}"
+            )
+        if pixel_values.dim() == 5:
+            raise ValueError(
+                f"several images per row (pixel_values (B, I, C, H, W)) with {setting}: "
+                "encode the images one call each, or set config.max_image_patches=None"
+            )
+        grid = self.check_pixels(pixel_values)
+        valid = None
+        if pixel_mask is not None:
+            if pixel_mask.shape != (pixel_values.shape[0], *pixel_values.shape[2:]):
+                raise ValueError(
+                    f"pixel_mask has shape {tuple(pixel_mask.shape)}, expected "
+                    f"{(pixel_values.shape[0], *pixel_values.shape[2:])} (batch, height, width)"
+                )
+            valid = self._patch_grid_mask(pixel_mask, grid).flatten(1).bool()  # (B, N)
+        keep = sample_patches(valid, grid[0] * grid[1], limit, pixel_values.shape[0])
+        if pixel_values.is_cuda:  # a pinned copy does not wait for the GPU queue
+            return keep.pin_memory().to(pixel_values.device, non_blocking=True)
+        return keep
 
     @torch.no_grad()
     def resize_position_embeddings(self, image_size: int) -> None:

@@ -87,6 +87,15 @@ class OneTowerConfig(PreTrainedConfig):
         patch grid or to each image of a padded batch (``pixel_mask``): ``"bicubic"`` (timm) or
         ``"bilinear"`` (ViLT, aligned corners); image_embed_norm: LayerNorm after the image
         embedding (CLIP's pre-norm); use_mask_token: learned token for masked patches (BEiT/FLAVA MIM).
+        max_image_patches: ViLT's patch sampling (its ``max_image_len``, transformers'
+            ``max_image_length``): each image keeps at most this many of its real patches,
+            drawn at random with ``torch.multinomial`` on torch's global CPU generator (ViLT's
+            draws, so a seed gives transformers' selection); images with fewer keep all of
+            them, padded with masked slots. None = every patch. It samples in eval too, as
+            ViLT does, so eval is stochastic whenever an image has more real patches than the
+            limit: set ``model.config.max_image_patches = None`` (read at each forward) to
+            encode every patch, or seed torch before each call. Not combinable with
+            ``image_keep_ids`` / ``bool_masked_pos`` (patch dropping, MIM): an error.
     Unimodal towers (FLAVA style; 0 = none):
         text_tower_layers, image_tower_layers: transformer layers run on one modality before
         fusion, followed by a norm and a linear projection into the fusion encoder.
@@ -134,6 +143,7 @@ class OneTowerConfig(PreTrainedConfig):
     image_position_resample: str = "bicubic"
     image_embed_norm: bool = False
     use_mask_token: bool = False
+    max_image_patches: int | None = None
     text_tower_layers: int = 0
     image_tower_layers: int = 0
     text_tower_post_norm: bool = False
@@ -192,6 +202,10 @@ class OneTowerConfig(PreTrainedConfig):
             raise ValueError(
                 "image_position_resample must be 'bicubic' or 'bilinear', got "
                 f"{self.image_position_resample!r}"
+            )
+        if self.max_image_patches is not None and self.max_image_patches <= 0:
+            raise ValueError(
+                f"max_image_patches must be > 0 (or None: every patch), got {self.max_image_patches}"
             )
         if self.classifier_pooling not in POOLINGS:
             raise ValueError(

@@ -23,6 +23,10 @@ image gets the position table resampled bilinearly to its own grid, as ViLT does
 Note: ViLT's ``visual_embed`` visits image patches in a random order (``torch.multinomial``);
 attention is order-free, so text states and the pooled output match exactly and image-token
 states match per patch position (ours stay in grid order).
+
+Patch sampling: a ViLT config with ``max_image_length > 0`` converts to
+``max_image_patches``; under the same torch seed the converted model keeps the patches
+transformers keeps (listed in grid order, ``EncoderOutput.image_keep_ids``), in eval too.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ def vilt_config_to_onetower(vilt_config: Any, **overrides: Any) -> OneTowerConfi
             return int(v[0])
         return int(v)
 
+    if isinstance(c.max_image_length, int) and c.max_image_length == 0:
+        raise ValueError("ViLT's max_image_length=0 keeps no image patch: nothing to convert to")
+    # ViLT samples patches only for an int > 0 (-1 / None: every patch, shuffled)
+    sampled = isinstance(c.max_image_length, int) and c.max_image_length > 0
     fields = dict(
         hidden_size=c.hidden_size,
         num_hidden_layers=c.num_hidden_layers,
@@ -79,6 +87,7 @@ def vilt_config_to_onetower(vilt_config: Any, **overrides: Any) -> OneTowerConfi
         image_position="learned",
         image_position_resample="bilinear",
         multiway=False,
+        max_image_patches=c.max_image_length if sampled else None,
     )
     return OneTowerConfig(**{**fields, **overrides})
 

@@ -131,7 +131,8 @@ class OneTowerModel(OneTowerPreTrainedModel):
                 i with segment id ``image_segment + i``, each through the image embedding (and
                 tower) on its own, as streams ``"image"``, ``"image2"``, ...
             image_keep_ids: long `(B, Nk)` patch indices to encode (visible-only encoding;
-                -1 = padding slot). None = every patch in grid order.
+                -1 = padding slot). None = every patch in grid order (or, with
+                ``config.max_image_patches``, ViLT's sample of them: given, an error).
             text_keep_ids: long `(B, Tk)` ascending positions of the text tokens to encode
                 (M3AE drops masked tokens; -1 = padding slot). Position 0 ([CLS]) must be kept.
             bool_masked_pos: bool `(B, N)` patches replaced by the mask token (BEiT / FLAVA).
@@ -166,6 +167,11 @@ class OneTowerModel(OneTowerPreTrainedModel):
             raise ValueError(
                 "attention='seq2seq' needs a model without a text tower: the tower would let "
                 "each text token see the tokens after it"
+            )
+        limit = self.config.max_image_patches
+        if pixel_values is not None and limit is not None:  # ViLT's patch sampling
+            image_keep_ids = self.image.sample_keep_ids(
+                pixel_values, pixel_mask, limit, image_keep_ids, bool_masked_pos
             )
         num_images = 1
         if pixel_values is not None and pixel_values.dim() == 5:  # (B, I, C, H, W)
