@@ -169,3 +169,14 @@ def test_caption_label_names_one_word_or_none() -> None:
     assert caption_label("two squares", words) == "square"
     assert caption_label("a circle above a square", words) is None
     assert caption_label("a triangle", words) is None
+
+
+def test_summary_says_when_zero_shot_is_not_above_chance() -> None:
+    from onetower.pretraining.report import versus_chance
+
+    # 62 images, 4 classes: 2 binomial standard errors are 11.0 points
+    assert "not above chance: 2 standard errors are 11.0 points" in versus_chance(29.0, 25.0, 62)
+    assert "not above chance" in versus_chance(17.7, 25.0, 62)
+    assert versus_chance(40.0, 25.0, 62) == ""  # above 25 + 11
+    assert versus_chance(29.0, 25.0, 2000) == ""  # the same figure on 2000 images is above
+    assert versus_chance(50.0, float("nan"), 62) == "" and versus_chance(50.0, 25.0, 0) == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,20 @@ def plot_reconstructions(
     return Path(path)
 
 
+def versus_chance(accuracy: float, chance: float, n: float) -> str:
+    """``""`` when ``accuracy`` (%) is above chance by more than two binomial standard errors
+    at ``n`` examples; else a clause saying it is not, and how wide the noise is."""
+    if not n or chance != chance:  # no examples, or chance unknown (NaN)
+        return ""
+    margin = 200.0 * math.sqrt(chance / 100.0 * (1.0 - chance / 100.0) / n)  # 2 SE, points
+    if accuracy > chance + margin:
+        return ""
+    return (
+        f"; not above chance: 2 standard errors are {margin:.1f} points here, so the "
+        "contrastive embeddings do not separate these classes"
+    )
+
+
 def summarise(recipe: str, metrics: dict[str, float], info: Any) -> str:
     """One paragraph a person reads at the end of a run."""
     losses = info.history.get("loss", [])
@@ -110,7 +125,7 @@ def summarise(recipe: str, metrics: dict[str, float], info: Any) -> str:
             n = metrics.get(f"eval/zero_shot_{group}_n", 0)
             parts.append(
                 f"zero-shot {group} classification {value:.1f}% (chance {chance:.1f}%, "
-                f"{n:.0f} held-out images naming one {group})"
+                f"{n:.0f} held-out images naming one {group}{versus_chance(value, chance, n)})"
             )
         if key.endswith("_mlm_acc_with_image"):
             group = key[len("eval/") : -len("_mlm_acc_with_image")]
