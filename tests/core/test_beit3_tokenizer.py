@@ -77,7 +77,11 @@ def test_words_are_masked_whole(spm_file) -> None:
 def test_converted_folder_carries_the_tokenizer_and_pretraining_runs(
     spm_file, tmp_path, worlds
 ) -> None:
-    pytest.importorskip("torchscale", reason="the BEiT-3 reference (README set-up)")
+    pytest.importorskip(
+        "torchscale",
+        reason="the BEiT-3 reference: .venv/bin/pip install --no-deps torchscale==0.3.0 "
+        "fairscale==0.4.13 (README set-up)",
+    )
     from .test_convert_beit3 import make_beit3
 
     beit3 = make_beit3(vocab_size=42)

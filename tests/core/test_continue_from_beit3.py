@@ -16,7 +16,6 @@ from onetower.pretraining import pretrain
 from onetower.pretraining.task import PretrainTask
 
 from ..conftest import debug_config
-from .test_convert_beit3 import TOL, make_beit3
 
 pytest.importorskip(
     "torchscale",
@@ -26,6 +25,8 @@ pytest.importorskip(
 
 
 def test_beit3_like_continues_from_a_converted_beit3(tmp_path, worlds, monkeypatch) -> None:
+    from .test_convert_beit3 import TOL, make_beit3
+
     beit3 = make_beit3(seed=3, vocab_size=512)  # the world's tokenizer fits
     result = convert_beit3_to_onetower(beit3.state_dict(), num_heads=4, max_text_len=16)
     save_converted(result.model, tmp_path / "beit3")
