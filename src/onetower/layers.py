@@ -11,6 +11,7 @@ text tokens), never a gather.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -83,7 +84,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
 
-        def experts(make) -> nn.Module:
+        def experts(make: Callable[[], nn.Module]) -> nn.Module:
             return make() if num_experts == 1 else nn.ModuleList(make() for _ in range(num_experts))
 
         self.qkv = experts(lambda: nn.Linear(dim, 3 * dim, bias=qkv_bias))

@@ -26,6 +26,10 @@ spm = pytest.importorskip("sentencepiece", reason="the beit3 extra: pip install 
 TEXTS = ["a small red circle", "two large blue triangles above everything", "nothing"]
 
 
+# torchscale imports timm.models.layers (deprecated in the timm this project uses)
+pytestmark = pytest.mark.filterwarnings("ignore:Importing from timm.models.layers:FutureWarning")
+
+
 @pytest.fixture(scope="module")
 def spm_file(tmp_path_factory) -> Path:
     corpus = [

@@ -24,6 +24,10 @@ pytest.importorskip(
 )
 
 
+# torchscale imports timm.models.layers (deprecated in the timm this project uses)
+pytestmark = pytest.mark.filterwarnings("ignore:Importing from timm.models.layers:FutureWarning")
+
+
 def test_beit3_like_continues_from_a_converted_beit3(tmp_path, worlds, monkeypatch) -> None:
     from .test_convert_beit3 import TOL, make_beit3
 

@@ -20,6 +20,8 @@ pytest.importorskip(
     "fairscale==0.4.13 (README set-up)",
 )
 
+# torchscale imports timm.models.layers (deprecated in the timm this project uses)
+pytestmark = pytest.mark.filterwarnings("ignore:Importing from timm.models.layers:FutureWarning")
 TOL = 1e-5
 WIDTH, HEADS, DEPTH, TEXT_LEN = 64, 4, 2, 16
 
