@@ -70,6 +70,10 @@ class OneTowerConfig(PreTrainedConfig):
         layer_norm_eps: epsilon of every LayerNorm (timm ViT uses 1e-6, HF ViLT 1e-12).
         qkv_bias: bias on the q/k/v projections.
         multiway: BEiT-3 style Multiway blocks (per-modality LayerNorms and FFN, shared attention).
+        multiway_attention: per-modality q/k/v and output projections too, only the softmax
+            over the joint sequence shared (the released BEiT-3 checkpoints; needs multiway).
+        subln: Sub-LN (Magneto, BEiT-3): a LayerNorm before the attention output projection and
+            one before the feed-forward output layer in every fusion block.
         num_segments: rows of the segment (modality-type) embedding: 2 = text, image;
             3 adds a second-image segment (NLVR2 pair method).
         segment_embeddings: add the segment embedding to each stream (ViLT); False for
@@ -126,6 +130,8 @@ class OneTowerConfig(PreTrainedConfig):
     initializer_range: float | int = 0.02
     qkv_bias: bool = True
     multiway: bool = False
+    multiway_attention: bool = False
+    subln: bool = False
     num_segments: int = 2
     segment_embeddings: bool = True
     fusion_cls_token: bool = False
@@ -216,6 +222,8 @@ class OneTowerConfig(PreTrainedConfig):
                 f"multi_image_method must be one of {MULTI_IMAGE_METHODS}, "
                 f"got {self.multi_image_method!r}"
             )
+        if self.multiway_attention and not self.multiway:
+            raise ValueError("multiway_attention=True needs multiway=True (Multiway blocks)")
         if self.num_segments < 2:
             raise ValueError(f"num_segments must be >= 2 (text, image), got {self.num_segments}")
         for name in (

@@ -95,7 +95,13 @@ class OneTowerModel(OneTowerPreTrainedModel):
         self.segment_embeddings = nn.Embedding(c.num_segments, D) if c.segment_embeddings else None
         # FLAVA's multimodal CLS, in front of the fused sequence
         self.fusion_cls = nn.Parameter(torch.zeros(1, 1, D)) if c.fusion_cls_token else None
-        self.encoder = BlockStack(c.num_hidden_layers, num_experts=2 if c.multiway else 1, **tower)
+        self.encoder = BlockStack(
+            c.num_hidden_layers,
+            num_experts=2 if c.multiway else 1,
+            multiway_attention=c.multiway_attention,
+            subln=c.subln,
+            **tower,
+        )
         self.pooler = Pooler(D)
         self.post_init()
 

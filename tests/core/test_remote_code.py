@@ -95,7 +95,7 @@ LOADER = textwrap.dedent(
 
 def _models() -> dict[str, tuple[torch.nn.Module, str, dict[str, torch.Tensor]]]:
     """name -> (model, Auto class that loads it, inputs): the encoder with unimodal towers and
-    multiway blocks, the VQA model, the NLVR2 model (pair method)."""
+    multiway blocks (per-modality attention, Sub-LN), the VQA model, the NLVR2 model (pair method)."""
     torch.manual_seed(0)
     tiny = dict(num_hidden_layers=1)
     ids = torch.randint(1, 512, (2, 7))
@@ -103,7 +103,13 @@ def _models() -> dict[str, tuple[torch.nn.Module, str, dict[str, torch.Tensor]]]
     pixels = torch.randn(2, 3, 32, 32)
     encoder = OneTowerModel(
         OneTowerConfig.from_size(
-            "tiny", multiway=True, text_tower_layers=1, image_tower_layers=1, **tiny
+            "tiny",
+            multiway=True,
+            multiway_attention=True,
+            subln=True,
+            text_tower_layers=1,
+            image_tower_layers=1,
+            **tiny,
         )
     )
     vqa = OneTowerForQuestionAnswering(
