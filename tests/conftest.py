@@ -43,3 +43,18 @@ def worlds(tmp_path_factory):
     tests that use that size (written on first use; a world folder is bound to its spec)."""
     root = tmp_path_factory.mktemp("worlds")
     return lambda n_train: root / f"world_{n_train}"
+
+
+def save_world_tokenizer(cfg, folder: Path) -> None:
+    """Save the tokenizer of ``cfg``'s synthetic world into a converted model's ``folder``, as a
+    converter saves its source's tokenizer, so a run with ``model.init=folder`` continues with
+    it (a converted random model has no tokenizer of its own)."""
+    from accelerate import PartialState
+    from omegaconf import OmegaConf
+
+    from onetower.data import load_tokenizer
+    from onetower.pretraining.data import resolve_sources
+
+    plain = OmegaConf.merge(cfg, {"model": {"init": None}})
+    paths, _ = resolve_sources(plain, PartialState())
+    load_tokenizer(paths["tokenizer"]).save_pretrained(str(folder))

@@ -15,7 +15,7 @@ from onetower.data import keys
 from onetower.pretraining import pretrain
 from onetower.pretraining.task import PretrainTask
 
-from ..conftest import debug_config
+from ..conftest import debug_config, save_world_tokenizer
 
 pytest.importorskip(
     "torchscale",
@@ -63,6 +63,7 @@ def test_beit3_like_continues_from_a_converted_beit3(tmp_path, worlds, monkeypat
         "data.ratios.images=0",
         world=worlds(8),
     )
+    save_world_tokenizer(cfg, tmp_path / "beit3")
     run = pretrain(cfg)
     assert len(run.history["loss"]) == 3
     assert all(math.isfinite(v) for _, v in run.history["loss"])

@@ -18,7 +18,7 @@ from onetower.pretraining import pretrain
 from onetower.pretraining.task import PretrainTask
 from onetower.training.config import ConfigError
 
-from ..conftest import debug_config
+from ..conftest import debug_config, save_world_tokenizer
 
 
 def capture_first_batch(monkeypatch) -> list[dict]:
@@ -72,6 +72,7 @@ def test_vilt_like_continues_from_a_converted_vilt(tmp_path, worlds, monkeypatch
         "data.ratios.images=0",
         world=worlds(8),
     )
+    save_world_tokenizer(cfg, tmp_path / "vilt")
     result = pretrain(cfg)
     batch = seen[0]
     with torch.no_grad():
@@ -92,6 +93,7 @@ def test_missing_head_and_wrong_folder_are_named(tmp_path, worlds) -> None:
     cfg = debug_config(
         "vilt_like", tmp_path, f"model.init={tmp_path / 'vilt'}", "model.size=null", world=worlds(8)
     )
+    save_world_tokenizer(cfg, tmp_path / "vilt")
     with pytest.raises(ConfigError, match=r"no saved head for objective\(s\) \['itm'\]"):
         pretrain(cfg)
     assert not (tmp_path / "vilt_like").exists()  # nothing claimed
@@ -158,6 +160,7 @@ def test_flava_like_continues_from_a_converted_flava(tmp_path, worlds, monkeypat
         *CLEAR_MODEL,  # the converted folder's config says these
         world=worlds(8),
     )
+    save_world_tokenizer(cfg, tmp_path / "flava")
     result = pretrain(cfg)
     batch = seen[0]
     ids, mask = batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK]
@@ -196,5 +199,6 @@ def test_flava_heads_need_the_options_they_were_saved_with(tmp_path, worlds) -> 
         *CLEAR_MODEL,
         world=worlds(8),
     )
+    save_world_tokenizer(cfg, tmp_path / "flava")
     with pytest.raises(ConfigError, match=r"'mlm' head does not fit.*objectives\.mlm\.tied=false"):
         pretrain(cfg)

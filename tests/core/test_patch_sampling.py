@@ -6,34 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
-from transformers import ViltConfig, ViltModel
+from transformers import ViltModel
 
 from onetower import OneTowerConfig, OneTowerModel, convert_vilt_to_onetower
 from onetower.convert_vilt import vilt_config_to_onetower
 
+from .test_convert_vilt_fidelity import randomise, vilt_config
+
 ATOL = 1e-5
 SIZES = [(40, 48), (32, 24), (24, 40), (16, 16)]  # 30, 12, 15 and 4 real patches of 8 px
-
-
-def vilt_config(**kw) -> ViltConfig:
-    base = dict(
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=96,
-        vocab_size=300,
-        max_position_embeddings=12,
-        image_size=32,
-        patch_size=8,
-    )
-    return ViltConfig(**{**base, **kw})
-
-
-def randomise(model: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():  # LayerNorms and biases start at 1 / 0 otherwise
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
 
 
 def padded_batch(sizes: list[tuple[int, int]], seed: int = 1):

@@ -77,3 +77,67 @@ def test_named_size_takes_the_data_image_size(tmp_path: Path) -> None:
     tok = train_wordpiece_tokenizer(["a red circle left of a blue square"], vocab_size=512)
     c = build_model(cfg, tok).config
     assert (c.image_size, c.hidden_size) == (32, 256), (c.image_size, c.hidden_size)
+
+
+def test_continue_from_a_saved_run_with_the_recipe_as_written(tmp_path: Path, worlds) -> None:
+    """model.init of a saved run under the recipe's own model fields: fields that repeat the
+    saved config are accepted, one that differs is named with both values; the run continues
+    with the tokenizer saved beside the model, and a model that saved none whose vocabulary
+    the world's tokenizer does not fit is refused."""
+    import shutil
+
+    from onetower.training.config import ConfigError
+
+    short = ("data.synthetic.n_train=8", "train.max_steps=2", "train.log_every=1")
+    first = pretrain(debug_config("flava_like", tmp_path, *short, world=worlds(8)))
+    final = first.output_dir / "final"
+    tokenizer = AutoTokenizer.from_pretrained(str(final))
+    tokenizer.add_tokens(["zzzmarker"])  # one token more than the world's
+    mine = tmp_path / "mine"
+    shutil.copytree(final, mine)
+    tokenizer.save_pretrained(str(mine))
+    model = OneTowerModel.from_pretrained(str(mine))
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(str(mine))
+
+    # the saved heads predict the old vocabulary: they start fresh
+    fresh_heads = "model.init_heads=none"
+    again = pretrain(
+        debug_config(
+            "flava_like", tmp_path / "b", *short, f"model.init={mine}", fresh_heads, world=worlds(8)
+        )
+    )
+    assert (again.output_dir / "final" / "tokenizer.json").is_file()
+    saved = AutoTokenizer.from_pretrained(str(again.output_dir / "final"))
+    assert len(saved) == len(tokenizer)  # the init folder's tokenizer, not the world's
+
+    with pytest.raises(ConfigError, match=r"hidden_size 64 \(asked 32\)"):
+        pretrain(
+            debug_config(
+                "flava_like",
+                tmp_path / "c",
+                *short,
+                f"model.init={mine}",
+                "model.hidden_size=32",
+                world=worlds(8),
+            )
+        )
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (mine / name).unlink(missing_ok=True)
+    with pytest.raises(ConfigError, match="holds no tokenizer.*set data.tokenizer"):
+        pretrain(
+            debug_config(
+                "flava_like", tmp_path / "d", *short, f"model.init={mine}", world=worlds(8)
+            )
+        )
+
+
+def test_patch_sampling_with_masked_image_modeling_is_refused_before_the_run(
+    tmp_path: Path,
+) -> None:
+    from onetower.training.config import ConfigError
+
+    cfg = debug_config("flava_like", tmp_path, "model.max_image_patches=8")
+    with pytest.raises(ConfigError, match=r"max_image_patches=8 .*\['masked_pair'\]"):
+        pretrain(cfg)
+    assert not (tmp_path / "flava_like").exists()  # refused before the output folder

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from onetower.backbones import config_fields, init_from_backbones, load_hf_text, load_timm
-from onetower.configuration import OneTowerConfig
+from onetower.configuration import SIZES, OneTowerConfig
 from onetower.data.batch_masking import BatchMasker
 from onetower.hub import onetower_folder
 from onetower.modeling import OneTowerModel
@@ -35,14 +35,24 @@ def build_model(cfg: DictConfig, tokenizer: Any) -> OneTowerModel:
             "model.init loads a whole saved model: drop model.init_image / model.init_text"
         )
     if init:
-        # the saved config decides; a YAML's model fields are cleared with model.<field>=null
-        fields = {k: v for k, v in fields.items() if v is not None}
-        if fields or size:
+        # the saved config decides: a model field may only repeat it (a recipe YAML's fields
+        # that differ are cleared with model.<field>=null)
+        saved = onetower_folder(init, "model.init")
+        asked = {k: v for k, v in fields.items() if v is not None}
+        if size:  # the named size's fields that neither the YAML nor the data set
+            data_sized = ("vocab_size", "max_text_len", "image_size", "pad_token_id")
+            if size not in SIZES:
+                raise ConfigError(f"model.size={size!r}: one of {sorted(SIZES)}")
+            named = SIZES[size]
+            asked = {**{k: v for k, v in named.items() if k not in data_sized}, **asked}
+        differ = {k: v for k, v in asked.items() if saved.get(k) != v}
+        if differ:
+            listed = ", ".join(f"{k} {saved.get(k)!r} (asked {v!r})" for k, v in differ.items())
             raise ConfigError(
-                f"model.init={init!r} loads a saved model: drop model.{sorted(fields) or ['size']} "
-                "(or set them to null on the command line)"
+                f"model.init={init!r} loads a saved model whose config differs: {listed}; drop "
+                f"model.{sorted(differ)}{' and model.size' if size else ''} (or set them to "
+                "null on the command line)"
             )
-        onetower_folder(init, "model.init")
         model = OneTowerModel.from_pretrained(init)
     else:
         defaults = dict(
@@ -88,8 +98,28 @@ def build_composer(cfg: DictConfig, model: OneTowerModel) -> ObjectiveComposer:
         composer = ObjectiveComposer.from_config(model, stanzas, seed=cfg.run.seed)
     except ValueError as e:
         raise ConfigError(f"objectives: {e}") from None
+    _check_patch_sampling(model, composer)
     load_init_heads(cfg, composer)
     return composer
+
+
+def _check_patch_sampling(model: OneTowerModel, composer: ObjectiveComposer) -> None:
+    """ViLT's patch sampling chooses the encoded patches itself: no view may also mask (MIM)
+    or drop (patch dropout) patches. Checked here, before the run, not at the first step."""
+    limit = model.config.max_image_patches
+    if limit is None:
+        return
+    clash = sorted(
+        kind
+        for kind, spec in composer.plan.items()
+        if getattr(spec, "image_masking", None) is not None or getattr(spec, "patch_dropout", None)
+    )
+    if clash:
+        raise ConfigError(
+            f"model.max_image_patches={limit} (ViLT's patch sampling) chooses which patches are "
+            f"encoded, but the objectives' {clash} view(s) mask or drop patches too (MIM, "
+            "patch_dropout): set model.max_image_patches=null or disable those options"
+        )
 
 
 def load_init_heads(cfg: DictConfig, composer: ObjectiveComposer) -> list[str]:

@@ -3,7 +3,10 @@ mixes them per step), the held-out pairs and the tokenizer.
 
 With no ``data.pairs`` the built-in synthetic world is written (once) and used for training,
 validation and the tokenizer. With ``data.pairs`` the user's data stands alone: a missing
-``data.tokenizer`` or ``data.val_pairs`` is an error, never a synthetic stand-in.
+``data.tokenizer`` or ``data.val_pairs`` is an error, never a synthetic stand-in. The tokenizer
+is ``data.tokenizer``, else the one saved with ``model.init`` (a model continues with its own
+tokenizer), else the world's; the world's never stands in for an init model whose vocabulary it
+does not fit.
 
 Streams (tar shards always; tables with ``data.streaming=true``) are split by process here
 (each rank reads its own shards) and by DataLoader worker inside the dataset; see
@@ -14,6 +17,7 @@ Streams (tar shards always; tables with ``data.streaming=true``) are split by pr
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -88,6 +92,9 @@ def resolve_sources(cfg: DictConfig, accelerator: Accelerator) -> tuple[dict[str
     section. Writes the synthetic world (main process first) when ``data.pairs`` is null."""
     d = cfg.data
     paths = {k: _check_path(d[k], k) for k in (*SOURCES, "val_pairs", "tokenizer")}
+    init = cfg.model.get("init")
+    if paths["tokenizer"] is None and init and has_tokenizer(init):
+        paths["tokenizer"] = str(init)  # the model continues with the tokenizer it was saved with
     paths.update({n: _check_path(p, f"extra_pairs.{n}") for n, p in d.extra_pairs.items()})
     if d.extra_pairs and paths["pairs"] is None:
         raise ConfigError("data.extra_pairs needs data.pairs (the first pair set) set too")
@@ -116,8 +123,33 @@ def resolve_sources(cfg: DictConfig, accelerator: Accelerator) -> tuple[dict[str
         )
     paths["pairs"] = str(world.split_dir("train"))
     paths["val_pairs"] = paths["val_pairs"] or str(world.split_dir("validation"))
-    paths["tokenizer"] = paths["tokenizer"] or str(world.tokenizer_dir)
+    if paths["tokenizer"] is None:
+        paths["tokenizer"] = str(world.tokenizer_dir)
+        if init:
+            _world_tokenizer_fits(init, world.tokenizer_dir)
     return paths, {"sources": [], **CARD_DATA}
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a saved tokenizer."""
+    return any((Path(folder) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def _world_tokenizer_fits(init: str, tokenizer_dir: Path) -> None:
+    """The synthetic world's tokenizer may drive a ``model.init`` model that saved none only
+    when it has exactly the model's vocabulary size (a model trained on the world)."""
+    config = Path(init) / "config.json"
+    if not config.is_file():
+        return  # build_model names what the folder is
+    vocab = json.loads(config.read_text()).get("vocab_size")
+    size = len(load_tokenizer(tokenizer_dir))
+    if vocab != size:
+        raise ConfigError(
+            f"model.init={init!r} holds no tokenizer and its {vocab} token embeddings do not "
+            f"fit the synthetic world's tokenizer ({size} tokens): set data.tokenizer to the "
+            "tokenizer the model was trained with (the converters save it with --tokenizer or "
+            "from the source's processor)"
+        )
 
 
 def _source(name: str, paths: dict[str, str | None], pairs: Source, d: DictConfig) -> Source:
