@@ -2,7 +2,9 @@
 
 * The image side from a timm Vision Transformer (``init_image``): patch embedding, CLS token,
   position table, blocks and final norm go into the image tower (models with
-  ``image_tower_layers``) or into the fusion encoder (single-stream, ViLT's layout).
+  ``image_tower_layers``) or into the fusion encoder (single-stream, ViLT's layout). CLIP
+  towers bring their pre-norm (``image_embed_norm``); SigLIP towers have no CLS token and their
+  attention-pooling head is not imported (a warning names it).
 * The text side from a Hugging Face BERT / RoBERTa / XLM-R encoder (``init_text``): the
   embeddings (token, position + the constant token-type row, LayerNorm) always; its layers
   too when the model has a text tower (``text_tower_layers``, post-LN blocks as BERT's).
@@ -23,6 +25,7 @@ YAML (pretraining's ``model`` section)::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +33,8 @@ import torch
 from torch import nn
 
 from onetower.modeling import OneTowerModel
+
+logger = logging.getLogger(__name__)
 
 #: transformers model types whose encoder layout this module reads.
 TEXT_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
@@ -150,13 +155,23 @@ def timm_state(model: OneTowerModel, vit: nn.Module) -> dict[str, torch.Tensor]:
     act = b.mlp.act
     if not (isinstance(act, nn.GELU) and act.approximate == "none"):
         raise BackboneError(f"activation mismatch: the model uses exact GELU, {src} {act}")
-    if (
-        getattr(vit, "global_pool", "token") not in ("token", "", "avg")
-        or vit.attn_pool is not None
-    ):
-        raise BackboneError(f"{src} pools with {vit.global_pool!r}; onetower reads tokens only")
+    pool = getattr(vit, "global_pool", "token")
+    if pool not in ("token", "", "avg", "map"):
+        raise BackboneError(f"{src} pools with {pool!r}; onetower reads tokens only")
     _same("layer_norm_eps", c.layer_norm_eps, b.norm1.eps, src)
     sd = {k: v for k, v in vit.state_dict().items() if not k.startswith("head.")}
+    # SigLIP's attention-pooling head (global_pool="map") pools the tokens onetower reads
+    # itself: it is not imported, and said so
+    pooling = sorted(k for k in sd if k.startswith("attn_pool."))
+    if pooling:
+        for k in pooling:
+            del sd[k]
+        logger.warning(
+            "model.init_image: %s's attention-pooling head (%d tensors, attn_pool.*) is not "
+            "imported: onetower's heads read the tokens",
+            src,
+            len(pooling),
+        )
     pos = sd.pop("pos_embed")
     if vit.cls_token is not None and vit.no_embed_class:  # the CLS row gets no position
         pos = torch.cat([pos.new_zeros(1, 1, pos.shape[-1]), pos], dim=1)

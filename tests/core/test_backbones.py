@@ -11,7 +11,13 @@ from timm.models import save_for_hf
 from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
 from onetower import OneTowerConfig, OneTowerModel
-from onetower.backbones import BackboneError, init_from_backbones, load_hf_text, load_timm
+from onetower.backbones import (
+    BackboneError,
+    config_fields,
+    init_from_backbones,
+    load_hf_text,
+    load_timm,
+)
 
 from ..conftest import debug_config
 
@@ -158,3 +164,21 @@ def test_pretraining_starts_from_backbones(tmp_path, worlds, vit_dir) -> None:
 
     with pytest.raises(ConfigError, match="num_hidden_layers.* mismatch: the model has 3"):
         pretrain(bad)
+
+
+@pytest.mark.parametrize("arch", ["vit_base_patch16_clip_224", "vit_base_patch16_siglip_224"])
+def test_clip_and_siglip_vision_towers(arch, tmp_path, caplog) -> None:
+    """CLIP's tower (pre-norm, eps 1e-5) and SigLIP's (no CLS token, attention pooling) give
+    their token states: the fields come from the backbone, the pooling head is said dropped."""
+    save_for_hf(randomise(timm.create_model(arch, pretrained=False, **VIT)), tmp_path)
+    vit = load_timm({"timm": f"local-dir:{tmp_path}"})
+    fields = config_fields(vit, None)
+    siglip = "siglip" in arch
+    assert fields["image_cls_token"] is not siglip and fields["image_embed_norm"] is not siglip
+    with caplog.at_level("WARNING", logger="onetower.backbones"):
+        model = build(vit, **fields)
+    assert ("attention-pooling head" in caplog.text) is siglip
+    px = inputs()[2]
+    with torch.no_grad():
+        got = model(pixel_values=px).last_hidden_state
+        torch.testing.assert_close(got, vit.forward_features(px), atol=ATOL, rtol=0)
