@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from onetower.configuration import OneTowerConfig
-from onetower.convert_io import refuse_existing, save_converted
+from onetower.convert_io import need_key, pop_key, refuse_existing, save_converted
 from onetower.layers import IMAGE_EXPERT, TEXT_EXPERT
 from onetower.modeling import OneTowerModel
 
@@ -129,9 +129,7 @@ def _depth(sd: dict[str, torch.Tensor]) -> int:
 
 
 def _need(sd: dict[str, torch.Tensor], key: str) -> torch.Tensor:
-    if key not in sd:
-        raise KeyError(f"BEiT-3 checkpoint has no {key!r}: truncated or not a BEiT-3 model")
-    return sd[key]
+    return need_key(sd, key, "BEiT-3")
 
 
 def beit3_config(
@@ -233,7 +231,7 @@ def convert_beit3_state_dict(
     sd = dict(sd)
 
     def take(key: str) -> torch.Tensor:
-        return sd.pop(key) if key in sd else _need(sd, key)
+        return pop_key(sd, key, "BEiT-3")
 
     T = config.max_text_len
     out: dict[str, torch.Tensor] = {

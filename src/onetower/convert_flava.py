@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from onetower.configuration import OneTowerConfig
-from onetower.convert_io import refuse_existing, save_converted
+from onetower.convert_io import pop_key, refuse_existing, save_converted
 from onetower.modeling import OneTowerModel
 
 #: what each FLAVA layer's modules are called in onetower's Block
@@ -129,9 +129,7 @@ def convert_flava_state_dict(
     sd = {k.removeprefix("flava."): v for k, v in state.items()}
 
     def take(key: str) -> torch.Tensor:
-        if key not in sd:
-            raise KeyError(f"FLAVA state dict has no {key!r}: is this a FlavaModel checkpoint?")
-        return sd.pop(key)
+        return pop_key(sd, key, "FlavaModel")
 
     te, ie = "text_model.embeddings.", "image_model.embeddings."
     out: dict[str, torch.Tensor] = {

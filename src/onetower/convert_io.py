@@ -14,6 +14,21 @@ from onetower.modeling import OneTowerModel
 HEADS_FILE = "objectives.safetensors"
 
 
+def need_key(state: dict[str, torch.Tensor], key: str, source: str) -> torch.Tensor:
+    """``state[key]``; a missing key is a ``KeyError`` naming it and the kind of checkpoint
+    expected (``source``), the converters' one message for truncated or foreign files."""
+    if key not in state:
+        raise KeyError(f"{source} state dict has no {key!r}: truncated, or not a {source} model")
+    return state[key]
+
+
+def pop_key(state: dict[str, torch.Tensor], key: str, source: str) -> torch.Tensor:
+    """:func:`need_key`, removing ``key`` from ``state`` (what is left over was not mapped)."""
+    value = need_key(state, key, source)
+    del state[key]
+    return value
+
+
 def refuse_existing(dst: str | Path) -> Path:
     """``dst`` as a Path; an error when it already holds something (nothing is overwritten)."""
     dst = Path(dst)

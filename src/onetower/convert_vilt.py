@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from onetower.configuration import OneTowerConfig
-from onetower.convert_io import refuse_existing, save_converted
+from onetower.convert_io import pop_key, refuse_existing, save_converted
 from onetower.modeling import OneTowerModel
 from onetower.task_models import (
     OneTowerForImagesAndTextClassification,
@@ -105,9 +105,7 @@ def convert_vilt_state_dict(
     txt = emb + "text_embeddings."
 
     def take(key: str) -> torch.Tensor:
-        if key not in sd:
-            raise KeyError(f"ViLT state dict has no {key!r}: is this a ViltModel checkpoint?")
-        return sd.pop(key)
+        return pop_key(sd, key, "ViltModel")
 
     out: dict[str, torch.Tensor] = {
         "text.word_embeddings.weight": take(txt + "word_embeddings.weight"),

@@ -301,3 +301,15 @@ class BlockStack(nn.Module):
         if states is not None:
             states.append(x)
         return route(self.norm, x, split), (tuple(states) if states is not None else None)
+
+
+class Pooler(nn.Module):
+    """Dense + tanh on one token (ViLT / BERT pooler)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+
+    def forward(self, token: torch.Tensor) -> torch.Tensor:
+        """`(B, D)` -> `(B, D)`."""
+        return torch.tanh(self.dense(token))

@@ -13,23 +13,11 @@ from torch import nn
 from transformers import AutoModel
 
 from onetower.configuration import OneTowerConfig
-from onetower.layers import BlockStack
+from onetower.layers import BlockStack, Pooler
 from onetower.outputs import IMAGE_SEGMENT, TEXT_SEGMENT, EncoderOutput, image_stream_name
 from onetower.pretrained import OneTowerPreTrainedModel
 from onetower.sequence import ATTENTION_PATTERNS, Streams, keep_text
 from onetower.unimodal import ImageEmbedder, TextEmbedder, UnimodalTower
-
-
-class Pooler(nn.Module):
-    """Dense + tanh on one token (ViLT / BERT pooler)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dense = nn.Linear(dim, dim)
-
-    def forward(self, token: torch.Tensor) -> torch.Tensor:
-        """`(B, D)` -> `(B, D)`."""
-        return torch.tanh(self.dense(token))
 
 
 class OneTowerModel(OneTowerPreTrainedModel):
