@@ -36,7 +36,9 @@ class DataSection:
     texts: str | None = None  #: text-only source; null = the pairs' captions (when ratio > 0)
     images: str | None = None  #: image-only source; null = the pairs' images (when ratio > 0)
     val_pairs: str | None = None  #: held-out pairs (any ``pairs`` format); needed with pairs
-    tokenizer: str | None = None  #: fast-tokenizer folder; needed with pairs (see README)
+    #: fast-tokenizer folder; null = the one saved with model.init, else the synthetic world's
+    #: (needed with data.pairs unless model.init has one)
+    tokenizer: str | None = None
     synthetic: SyntheticSection = field(default_factory=SyntheticSection)
     #: per-step sampling weight of each source: pairs, texts, images, or an extra_pairs name
     ratios: dict[str, float] = field(default_factory=lambda: {"pairs": 1.0})
