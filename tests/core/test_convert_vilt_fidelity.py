@@ -6,28 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import ViltConfig, ViltForImageAndTextRetrieval, ViltForMaskedLM, ViltModel
+from transformers import ViltForImageAndTextRetrieval, ViltForMaskedLM, ViltModel
 
 from onetower import OneTowerModel, convert_vilt_to_onetower
 from onetower.convert_io import HEADS_FILE, save_converted
 from onetower.convert_vilt import convert_vilt_heads, main
 from onetower.objectives import ITMHead, MLMHead
 
+from .test_convert_vilt import vilt_config
+
 ATOL = 1e-5
-
-
-def vilt_config(**kw) -> ViltConfig:
-    base = dict(
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=96,
-        vocab_size=300,
-        max_position_embeddings=12,
-        image_size=32,
-        patch_size=8,
-    )
-    return ViltConfig(**{**base, **kw})
 
 
 def randomise(model: torch.nn.Module) -> torch.nn.Module:

@@ -11,7 +11,8 @@ from transformers import ViltModel
 from onetower import OneTowerConfig, OneTowerModel, convert_vilt_to_onetower
 from onetower.convert_vilt import vilt_config_to_onetower
 
-from .test_convert_vilt_fidelity import randomise, vilt_config
+from .test_convert_vilt import vilt_config
+from .test_convert_vilt_fidelity import randomise
 
 ATOL = 1e-5
 SIZES = [(40, 48), (32, 24), (24, 40), (16, 16)]  # 30, 12, 15 and 4 real patches of 8 px
