@@ -59,6 +59,8 @@ class DataSection:
     num_workers: int = 0
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    #: training images: RandomResizedCrop's area range (FLAVA: 0.9-1.0); [1.0, 1.0] = the whole
+    #: image, uncropped (the synthetic world's recipes: its shapes sit one per patch)
     crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
     #: stop when more than this fraction of the samples seen (each time seen) is unusable
     max_bad_fraction: float = 0.05
