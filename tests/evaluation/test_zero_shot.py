@@ -17,6 +17,7 @@ from onetower.evaluation.zero_shot import (
     itm_rerank,
     load_pretrained_run,
     recall_at_k,
+    warn_if_rerank_lowers,
 )
 from onetower.pretraining import pretrain
 from onetower.training import load_config
@@ -180,3 +181,14 @@ def test_summary_says_when_zero_shot_is_not_above_chance() -> None:
     assert versus_chance(40.0, 25.0, 62) == ""  # above 25 + 11
     assert versus_chance(29.0, 25.0, 2000) == ""  # the same figure on 2000 images is above
     assert versus_chance(50.0, float("nan"), 62) == "" and versus_chance(50.0, 25.0, 0) == ""
+
+
+def test_a_rerank_that_lowers_r1_is_warned_per_direction_and_set(capsys) -> None:
+    metrics = {"i2t_r1": 82.0, "t2i_r1": 78.5, "itm_rerank/i2t_r1": 82.5, "itm_rerank/t2i_r1": 77.5}
+    warn_if_rerank_lowers(metrics, "the held-out pairs")
+    out = capsys.readouterr().out
+    assert "lowered t2i R@1 on the held-out pairs (78.5 -> 77.5)" in out
+    assert "i2t" not in out  # raised: no warning
+    warn_if_rerank_lowers({"i2t_r1": 50.0, "t2i_r1": 50.0}, "x")  # no re-ranking run
+    warn_if_rerank_lowers(metrics | {"itm_rerank/t2i_r1": 78.5}, "x")  # equal is not lower
+    assert capsys.readouterr().out == ""
