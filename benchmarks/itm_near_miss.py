@@ -7,6 +7,9 @@ on a finished pretraining run's held-out pairs:
 - ITM's AUC of matched pairs against random pairs (what ITM on random negatives learns) and
   against each image's contrastive runner-up caption (what re-ranking needs; 0.5 = no help);
 - how many runner-ups are word-for-word the image's own caption (false negatives);
+- what the contrastive head's image-to-text misses get wrong: each true caption against the
+  caption ranked first instead (same colours but other shapes, the same objects in another
+  relation or place, a colour-shape binding swap, another size, other colours or count);
 - a linear probe (L-BFGS logistic regression on the image tower's token states) for the shape of
   the training images whose caption names one shape, scored on the held-out ones: whether the
   image side encodes shape at all, independently of what the heads align.
@@ -17,6 +20,8 @@ on a finished pretraining run's held-out pairs:
 from __future__ import annotations
 
 import argparse
+import re
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +30,19 @@ from accelerate import PartialState
 
 from onetower.data import PairCollator, build_dataset, build_image_transform, keys, load_pairs
 from onetower.data.synthetic import shape_labels
+from onetower.data.world import COLOURS, SHAPES, SIZES
 from onetower.evaluation.zero_shot import _view, embed_pairs, itm_scorer, load_pretrained_run
 from onetower.pretraining.data import resolve_sources
+
+#: one object of a world caption: (size, colour, shape)
+OBJECT = re.compile(rf"({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})")
+MISS_KINDS = (
+    "other_shapes",
+    "other_relation_or_place",
+    "binding_swap",
+    "other_sizes",
+    "other_colours_or_count",
+)
 
 
 def auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
@@ -60,6 +76,11 @@ def near_miss(run: str, n: int) -> dict[str, float]:
     near = score(rows, runner_up)
     captions = [s["text"] for s in samples]
     same = torch.tensor([captions[i] == captions[j] for i, j in enumerate(runner_up.tolist())])
+    misses = Counter(
+        miss_kind(captions[i], captions[j])
+        for i, j in enumerate(sim.argmax(1).tolist())
+        if captions[i] != captions[j]
+    )
     return {
         "pairs": N,
         "p_match_matched": float(matched.exp().mean()),
@@ -68,7 +89,27 @@ def near_miss(run: str, n: int) -> dict[str, float]:
         "auc_vs_random": auc(matched, shuffled),
         "auc_vs_runner_up": auc(matched[~same], near[~same]),
         "runner_up_same_caption": float(same.float().mean()),
+        "contrastive_i2t_misses": sum(misses.values()),
+        **{f"misses_{kind}": misses[kind] for kind in MISS_KINDS},
     }
+
+
+def miss_kind(truth: str, wrong: str) -> str:
+    """How the caption ranked first differs from the image's own, by the world's grammar."""
+    a, b = OBJECT.findall(truth), OBJECT.findall(wrong)  # [(size, colour, shape)]
+
+    def same(*fields: int) -> bool:
+        return sorted(tuple(o[f] for f in fields) for o in a) == sorted(
+            tuple(o[f] for f in fields) for o in b
+        )
+
+    if same(0, 1, 2):
+        return "other_relation_or_place"
+    if same(1, 2):
+        return "other_sizes"
+    if same(1):
+        return "binding_swap" if same(2) else "other_shapes"
+    return "other_colours_or_count"
 
 
 def shape_probe(run: str, n_train: int, n_val: int) -> dict[str, float]:
@@ -125,7 +166,7 @@ def main() -> None:
     record = {"run_dir": a.run_dir, **near_miss(a.run_dir, a.pairs)}
     record |= shape_probe(a.run_dir, 2000, a.pairs)
     for k, v in record.items():
-        print(f"{k:28s} {v:.3f}" if isinstance(v, float) else f"{k:28s} {v}")
+        print(f"{k:32s} {v:.3f}" if isinstance(v, float) else f"{k:32s} {v}")
     write_json(a.json, record)
 
 
