@@ -119,7 +119,10 @@ class ITMHead(nn.Module):
             batch: unused (labels come with the view).
 
         Returns:
-            loss = CE over all pairs; metrics ``acc``, ``pos_acc`` and ``neg_acc``.
+            loss = CE over all pairs; metrics ``acc``, ``pos_acc``, ``neg_acc`` and
+            ``chance_loss``: the loss of a head that only knows the share of matched pairs
+            (the entropy of the labels; ln 2 for one negative per positive, 0.636 for ALBEF's
+            two), which ITM sits at until it starts to compare image and text.
         """
         pair = views[PAIR]
         logits = self.classifier(pair.encoder.pooler_output)  # (B + K, 2)
@@ -133,6 +136,7 @@ class ITMHead(nn.Module):
                 "acc": accuracy(logits, labels),
                 "pos_acc": (correct * pos).sum() / pos.sum().clamp(min=1),
                 "neg_acc": (correct * (1 - pos)).sum() / (1 - pos).sum().clamp(min=1),
+                "chance_loss": F.binary_cross_entropy(pos.mean().expand_as(pos), pos),
             }
         return ObjectiveOutput(loss=loss, metrics=metrics)
 

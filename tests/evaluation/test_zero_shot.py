@@ -192,3 +192,13 @@ def test_a_rerank_that_lowers_r1_is_warned_per_direction_and_set(capsys) -> None
     warn_if_rerank_lowers({"i2t_r1": 50.0, "t2i_r1": 50.0}, "x")  # no re-ranking run
     warn_if_rerank_lowers(metrics | {"itm_rerank/t2i_r1": 78.5}, "x")  # equal is not lower
     assert capsys.readouterr().out == ""
+
+
+def test_summary_says_when_itm_is_still_at_chance() -> None:
+    from onetower.pretraining.report import heads_at_chance
+
+    # ALBEF's hard negatives from step 0 (1 positive in 3): the loss never left the entropy
+    (clause,) = heads_at_chance({"itm_loss": 0.636, "itm_chance_loss": 0.6365, "mlm_loss": 1.0})
+    assert clause.startswith("itm is still at chance (held-out loss 0.636")
+    assert heads_at_chance({"itm_loss": 0.580, "itm_chance_loss": 0.693}) == []  # learning
+    assert heads_at_chance({"mlm_loss": 9.0}) == []  # heads without a chance figure

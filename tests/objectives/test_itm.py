@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,23 @@ def test_random_negatives_ratio_and_no_positive():
     assert len(random_negatives(1, 1.0, g)) == 0  # nothing to swap with
 
 
+def test_itm_reports_the_loss_of_knowing_only_the_label_shares(model_factory, batch_factory):
+    model, batch = model_factory(), batch_factory()
+    for negatives, ratio, share in (
+        ("random", 0.5, 4 / 6),
+        ("random", 1.0, 0.5),
+        ("hard", 1.0, 1 / 3),
+    ):
+        head = build_objective("itm", model, {"negatives": negatives, "neg_ratio": ratio}, {})
+        spec = head.views[0]  # with the text / image views hard negatives are mined from
+        plan = {PAIR: spec, **{v.kind: v for v in spec.requires()}}
+        pair = StepViews(model, batch, plan, torch.Generator().manual_seed(0))[PAIR]
+        assert pair.itm_labels.float().mean().item() == pytest.approx(share)
+        entropy = -(share * math.log(share) + (1 - share) * math.log(1 - share))
+        res = head({PAIR: pair}, batch)
+        assert float(res.metrics["chance_loss"]) == pytest.approx(entropy, abs=1e-6)
+
+
 def test_itm_loss_matches_loop(model_factory, batch_factory):
     model, batch = model_factory(), batch_factory()
     head = build_objective("itm", model, {"negatives": "random", "neg_ratio": 0.5}, {})
@@ -63,7 +82,7 @@ def test_itm_loss_matches_loop(model_factory, batch_factory):
         )
         total = total - F.log_softmax(head.classifier(out.pooler_output[0]), 0)[y]
     torch.testing.assert_close(res.loss, total / len(rows_t), atol=1e-5, rtol=1e-5)
-    assert set(res.metrics) == {"acc", "pos_acc", "neg_acc"}
+    assert set(res.metrics) == {"acc", "pos_acc", "neg_acc", "chance_loss"}
 
 
 def test_itm_hard_uses_contrastive_similarity(model_factory):

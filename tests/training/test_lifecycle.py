@@ -156,3 +156,35 @@ def test_checkpoints_keep_the_tied_mlm_decoder_quietly(tmp_path, worlds, caplog,
     mlm = composer.heads["mlm"]
     assert mlm.embedding.weight is composer.model.get_input_embeddings().weight
     torch.testing.assert_close(mlm.embedding.weight, state["model.text.word_embeddings.weight"])
+
+
+def test_loss_plot_draws_a_heads_chance_level_on_its_own_panel(tmp_path, monkeypatch) -> None:
+    from onetower.training import plots
+
+    drawn = {}
+    real = plots.pyplot
+
+    def spy():
+        plt = real()
+        subplots = plt.subplots
+
+        def record(*args, **kwargs):
+            fig, axes = subplots(*args, **kwargs)
+            drawn["axes"] = axes
+            return fig, axes
+
+        monkeypatch.setattr(plt, "subplots", record)
+        return plt
+
+    monkeypatch.setattr(plots, "pyplot", spy)
+    history = {
+        "loss": [(1, 2.0), (2, 1.5)],
+        "itm_loss": [(1, 0.69), (2, 0.6)],
+        "itm_chance_loss": [(1, 0.693), (2, 0.693)],
+        "eval/itm_loss": [(2, 0.65)],
+    }
+    assert plots.plot_losses(history, tmp_path / "l.png", "t").stat().st_size > 1000
+    titles = [ax.get_title() for ax in drawn["axes"].flat if ax.axison]
+    assert titles == ["loss", "itm_loss"]  # no panel of its own for the chance level
+    itm = next(ax for ax in drawn["axes"].flat if ax.get_title() == "itm_loss")
+    assert [t.get_text() for t in itm.get_legend().get_texts()] == ["train", "held-out", "chance"]

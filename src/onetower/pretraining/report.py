@@ -105,6 +105,24 @@ def versus_chance(accuracy: float, chance: float, n: float) -> str:
     )
 
 
+def heads_at_chance(losses: dict[str, float]) -> list[str]:
+    """A clause for each head whose ``<head>_loss`` is within 2% of its ``<head>_chance_loss``
+    (the loss of knowing only the label shares; ITM reports it): still at chance."""
+    out = []
+    for key, chance in losses.items():
+        if not key.endswith("_chance_loss"):
+            continue
+        head = key.removesuffix("_chance_loss")
+        loss = losses.get(f"{head}_loss")
+        if loss is not None and loss >= 0.98 * chance:
+            out.append(
+                f"{head} is still at chance (held-out loss {loss:.3f}, the entropy of its labels "
+                f"{chance:.3f}): it has not begun to compare image and text, so re-ranking with "
+                "it cannot help yet; train longer"
+            )
+    return out
+
+
 def summarise(recipe: str, metrics: dict[str, float], info: Any) -> str:
     """One paragraph a person reads at the end of a run."""
     losses = info.history.get("loss", [])
@@ -134,9 +152,11 @@ def summarise(recipe: str, metrics: dict[str, float], info: Any) -> str:
                 f"{group} words predicted by MLM {value:.1f}% with the image vs {blank:.1f}% "
                 "with it blanked"
             )
-    held = [f"{k[5:]} {v:.3f}" for k, v in sorted(metrics.items()) if k.endswith("_loss")]
-    if held:
-        parts.append("held-out losses: " + ", ".join(held))
+    held = {k[5:]: v for k, v in sorted(metrics.items()) if k.endswith("_loss")}
+    losses = {k: v for k, v in held.items() if not k.endswith("_chance_loss")}
+    if losses:
+        parts.append("held-out losses: " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()))
+    parts += heads_at_chance(held)
     parts.append(
         f"model saved to {info.final_dir} (`import onetower` then "
         f"AutoModel.from_pretrained('{info.final_dir}'), or trust_remote_code=True without onetower)"

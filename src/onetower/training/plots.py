@@ -16,7 +16,8 @@ def pyplot():
 
 def plot_losses(history: dict[str, list[tuple[int, float]]], path: str | Path, title: str) -> Path:
     """One panel per training loss (``loss``, ``mlm_loss``, ...), step on x; held-out values
-    (``eval/<name>``) are drawn as points on the panel of the same name.
+    (``eval/<name>``) are drawn as points on the panel of the same name, and a head's chance
+    level (``<head>_chance_loss``, ITM's) as a dashed line on its panel.
 
     Args:
         history: series name -> [(step, value), ...].
@@ -24,7 +25,11 @@ def plot_losses(history: dict[str, list[tuple[int, float]]], path: str | Path, t
         title: figure title (the recipe name).
     """
     plt = pyplot()
-    names = [n for n, pts in history.items() if pts and n.endswith("loss") and "/" not in n]
+    names = [
+        n
+        for n, pts in history.items()
+        if pts and n.endswith("loss") and "/" not in n and not n.endswith("_chance_loss")
+    ]
     cols = min(3, max(1, len(names)))
     rows = max(1, -(-len(names) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
@@ -34,6 +39,10 @@ def plot_losses(history: dict[str, list[tuple[int, float]]], path: str | Path, t
         held = history.get(f"eval/{name}", [])
         if held:
             ax.plot(*zip(*held, strict=True), "o", color="C3", label="held-out")
+        chance = history.get(name.removesuffix("loss") + "chance_loss", [])
+        if chance:
+            ax.plot(*zip(*chance, strict=True), "--", color="0.5", lw=1, label="chance")
+        if held or chance:
             ax.legend(fontsize=8)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step")
