@@ -153,9 +153,9 @@ def summarise(recipe: str, metrics: dict[str, float], info: Any) -> str:
                 "with it blanked"
             )
     held = {k[5:]: v for k, v in sorted(metrics.items()) if k.endswith("_loss")}
-    losses = {k: v for k, v in held.items() if not k.endswith("_chance_loss")}
-    if losses:
-        parts.append("held-out losses: " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()))
+    shown = {k: v for k, v in held.items() if not k.endswith("_chance_loss")}
+    if shown:
+        parts.append("held-out losses: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
     parts += heads_at_chance(held)
     parts.append(
         f"model saved to {info.final_dir} (`import onetower` then "
